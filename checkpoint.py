@@ -1,0 +1,77 @@
+"""Checkpoint I/O, written once for every script.
+
+- `save_checkpoint(state, path)`: atomic (temp file, fsync, rename), so a crash or kill -9 at any
+  moment leaves either the previous complete file or the new complete file, never half of one.
+- `load_checkpoint(path)`: `torch.load(weights_only=True)`, so a checkpoint cannot run code.
+- `load_model(source, device)`: a model ready for inference from our checkpoint (a .pt file or
+  an out_dir holding best.pt / last.pt) or from a Hugging Face GPT-2 directory.
+"""
+
+import os
+
+import torch
+
+from model import GPT, GPTConfig
+from tokenizer import load_tokenizer
+
+
+def save_checkpoint(state, path):
+    tmp_path = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp_path, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)  # atomic on POSIX: readers see the old file or the new one
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+    # make the rename itself durable
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def find_checkpoint(source, prefer="best"):
+    """Resolve an out_dir to its checkpoint file (`best.pt`, else `last.pt`); files pass through."""
+    if os.path.isfile(source):
+        return source
+    order = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
+    for name in order:
+        path = os.path.join(source, name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"no checkpoint at {source}: expected a .pt file or a folder with best.pt or last.pt "
+                            f"(train one with `python train.py`)")
+
+
+def clean_state_dict(state_dict):
+    """Strip the prefixes torch.compile (`_orig_mod.`) and DDP (`module.`) add to parameter names."""
+    out = {}
+    for name, tensor in state_dict.items():
+        for prefix in ("_orig_mod.", "module."):
+            name = name.removeprefix(prefix)
+        out[name] = tensor
+    return out
+
+
+def load_model(source, device="cpu", attention="auto"):
+    """(model in eval mode on `device`, tokenizer, checkpoint dict or None) from our checkpoint
+    or a Hugging Face GPT-2 directory."""
+    if os.path.isdir(source) and os.path.isfile(os.path.join(source, "config.json")):
+        model = GPT.from_hf_dir(source, attention=attention)
+        tokenizer, checkpoint = load_tokenizer({"name": "gpt2"}), None
+    else:
+        checkpoint = load_checkpoint(find_checkpoint(source))
+        model_args = dict(checkpoint["model_args"], attention=attention)
+        model = GPT(GPTConfig.from_dict(model_args))
+        model.load_state_dict(clean_state_dict(checkpoint["model"]))
+        tokenizer = load_tokenizer(checkpoint["tokenizer"])
+    model.to(device).eval()
+    return model, tokenizer, checkpoint

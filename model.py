@@ -1,0 +1,443 @@
+"""The GPT: a GPT-2 style decoder-only transformer in one file.
+
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65))
+    logits, loss = model(idx, targets)
+
+The architecture is GPT-2's (pre-norm blocks, learned positions, GELU(tanh) MLP, tied input and
+output embeddings), so Hugging Face GPT-2 weights load into it and ours export back
+(`GPT.from_hf_dir`, `export_hf`). Attention has three interchangeable paths, chosen by
+`config.attention`:
+
+- `reference`: the definition, written out (softmax(QK^T / sqrt(d) + causal mask) V);
+- `sdpa`:      torch's fused `scaled_dot_product_attention`;
+- `triton`:    our own flash-attention kernel (flash_attention.py);
+- `auto`:      `triton` on CUDA, `sdpa` elsewhere.
+"""
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+ATTENTION_CHOICES = ("auto", "triton", "sdpa", "reference")
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50257  # the real vocabulary; the embedding table is padded past it
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2; False is a bit faster
+    attention: str = "auto"
+
+    def __post_init__(self):
+        if self.attention not in ATTENTION_CHOICES:
+            raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {self.attention!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+    @property
+    def padded_vocab_size(self):
+        # a multiple of 64 keeps the output matmul on fast tensor-core tiles (50257 -> 50304)
+        return (self.vocab_size + 63) // 64 * 64
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# ----------------------------------------------------------------------------------------------
+# attention: three paths computing the same function
+
+def reference_attention(q, k, v, causal=True, dropout_p=0.0):
+    """softmax(q k^T / sqrt(d)) v with a causal mask, in plain torch ops (the readable definition)."""
+    scale = 1.0 / math.sqrt(q.size(-1))
+    scores = (q @ k.transpose(-2, -1)) * scale
+    if causal:
+        T_q, T_k = q.size(-2), k.size(-2)
+        # bottom-right aligned, so a query block at the end of a longer key sequence sees all keys before it
+        mask = torch.ones(T_q, T_k, dtype=torch.bool, device=q.device).tril(diagonal=T_k - T_q)
+        scores = scores.masked_fill(~mask, float("-inf"))
+    # softmax in at least float32: half-precision exponentials lose too much
+    weights = F.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(q.dtype)
+    weights = F.dropout(weights, p=dropout_p, training=dropout_p > 0)
+    return weights @ v
+
+
+_warned_triton_dropout = False
+
+
+def attend(q, k, v, mode, dropout_p=0.0):
+    """Causal self-attention over (B, H, T, D) tensors with the chosen implementation."""
+    global _warned_triton_dropout
+    if mode == "auto":
+        mode = "triton" if q.is_cuda else "sdpa"
+    if mode == "triton" and dropout_p > 0:
+        # our kernel has no dropout; say so once instead of silently computing something else
+        if not _warned_triton_dropout:
+            warnings.warn("attention='triton' has no dropout; using sdpa for attention while dropout > 0")
+            _warned_triton_dropout = True
+        mode = "sdpa"
+    if mode == "triton":
+        from flash_attention import flash_attention  # imported lazily: CPU-only users never load triton
+        return flash_attention(q, k, v, causal=True)
+    if mode == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    return reference_attention(q, k, v, causal=True, dropout_p=dropout_p)
+
+
+# ----------------------------------------------------------------------------------------------
+# the transformer
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (torch's own cannot drop just the bias)."""
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.attention = config.attention
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, kv_cache=None, start_pos=0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_dim)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if kv_cache is None:
+            y = attend(q, k, v, self.attention, self.dropout if self.training else 0.0)
+        else:
+            k, v = kv_cache.update(k, v, start_pos)
+            if start_pos == 0:
+                y = attend(q, k, v, self.attention)  # prefill: ordinary causal attention
+            elif T == 1:
+                # one new token sees every cached key: no mask, and decode is memory-bound anyway
+                y = F.scaled_dot_product_attention(q, k, v)
+            else:
+                y = reference_attention(q, k, v, causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        # GPT-2 uses the tanh approximation of GELU; matching it keeps HF weights exact
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, kv_cache=None, start_pos=0):
+        x = x + self.attn(self.ln_1(x), kv_cache, start_pos)
+        return x + self.mlp(self.ln_2(x))
+
+
+class KVCache:
+    """Keys and values of one layer for positions already seen, preallocated to `max_len`."""
+
+    def __init__(self, batch_size, n_head, max_len, head_dim, device, dtype):
+        shape = (batch_size, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    def update(self, k, v, start_pos):
+        end = start_pos + k.size(2)
+        self.k[:, :, start_pos:end] = k
+        self.v[:, :, start_pos:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied embeddings, as GPT-2
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: each residual branch adds to the stream, so shrink the projections
+        # into it by 1/sqrt(number of branches) to keep the stream's variance flat with depth
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=True):
+        """Parameter count; position embeddings are left out by default (the token embedding
+        counts, since it is also the output layer)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None, kv_caches=None, start_pos=0):
+        """idx (B, T) token ids -> (logits (B, T, vocab_size), mean cross-entropy or None).
+
+        targets == -1 are ignored. With `kv_caches` (one KVCache per layer) the tokens are taken
+        to sit at positions start_pos.. and the caches are filled as a side effect.
+        """
+        B, T = idx.size()
+        if start_pos + T > self.config.block_size:
+            raise ValueError(f"sequence of length {start_pos + T} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if kv_caches is None else kv_caches[i], start_pos)
+        x = self.transformer.ln_f(x)
+        # the padded rows of the vocabulary are never a valid answer: drop them from the logits
+        logits = self.lm_head(x)[..., : self.config.vocab_size]
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def crop_block_size(self, block_size):
+        """Shrink the context to block_size (e.g. fine-tune GPT-2's 1024 at 256): drop position rows."""
+        if block_size > self.config.block_size:
+            raise ValueError(f"cannot grow block_size from {self.config.block_size} to {block_size}")
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+
+    def set_dropout(self, p):
+        """Change the dropout probability everywhere (a fine-tuning run often wants more than pretraining)."""
+        self.config.dropout = p
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+            elif isinstance(module, CausalSelfAttention):
+                module.dropout = p
+
+    # ------------------------------------------------------------------------------------------
+    # generation
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 eot_token=None, use_cache=True, generator=None):
+        """Yield (B, 1) tensors of new tokens, one per step, so callers can stream them.
+
+        temperature 0 is greedy decoding. Generation stops early once every row has produced
+        `eot_token`. With `use_cache` each step runs the model on one new position only; past
+        `block_size` tokens it falls back to recomputing the last block_size positions, which is
+        exactly what the uncached path does.
+        """
+        B = idx.size(0)
+        block_size = self.config.block_size
+        finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        caches, cached_len = None, 0
+        for _ in range(max_new_tokens):
+            if use_cache and idx.size(1) <= block_size:
+                if caches is None:
+                    head_dim = self.config.n_embd // self.config.n_head
+                    dtype = self.transformer.wte.weight.dtype
+                    caches = [KVCache(B, self.config.n_head, block_size, head_dim, idx.device, dtype)
+                              for _ in range(self.config.n_layer)]
+                logits, _ = self(idx[:, cached_len:], kv_caches=caches, start_pos=cached_len)
+                cached_len = idx.size(1)
+            else:
+                logits, _ = self(idx[:, -block_size:])
+            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+            if eot_token is not None:
+                next_token = torch.where(finished[:, None], torch.full_like(next_token, eot_token), next_token)
+                finished |= next_token[:, 0] == eot_token
+            idx = torch.cat((idx, next_token), dim=1)
+            yield next_token
+            if eot_token is not None and bool(finished.all()):
+                return
+
+    # ------------------------------------------------------------------------------------------
+    # Hugging Face GPT-2 layout: config.json + model.safetensors (or pytorch_model.bin)
+
+    # HF's GPT-2 stores these as Conv1D weights, (in, out): the transpose of nn.Linear's (out, in)
+    _HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+    @classmethod
+    def from_hf_dir(cls, path, attention="auto"):
+        """Load a Hugging Face GPT-2 directory (no network, no transformers import needed)."""
+        config_path = os.path.join(path, "config.json")
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError(f"{path} is not a Hugging Face GPT-2 directory: no config.json")
+        with open(config_path) as f:
+            hf = json.load(f)
+        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"unsupported activation_function {hf['activation_function']!r} in {config_path}")
+        config = GPTConfig(block_size=hf.get("n_positions", hf.get("n_ctx", 1024)), vocab_size=hf["vocab_size"],
+                           n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"], bias=True,
+                           dropout=0.0, attention=attention)
+        hf_state = _read_hf_weights(path)
+        model = cls(config)
+        state = model.state_dict()
+        for name, tensor in hf_state.items():
+            name = name.removeprefix("transformer.")
+            if name.endswith((".attn.bias", ".attn.masked_bias")) or name == "lm_head.weight":
+                continue  # causal-mask buffers, and the tied output layer
+            ours = "transformer." + name
+            if ours not in state:
+                raise KeyError(f"unexpected weight {name!r} in {path}")
+            if name.endswith(cls._HF_TRANSPOSED):
+                tensor = tensor.t()
+            target = state[ours]
+            if ours == "transformer.wte.weight":
+                target[: tensor.size(0)].copy_(tensor)  # the padding rows keep their init
+            else:
+                target.copy_(tensor)
+        return model
+
+    def export_hf(self, path):
+        """Write this model as a Hugging Face GPT-2 directory (config.json + model.safetensors)."""
+        from safetensors.torch import save_file
+        c = self.config
+        os.makedirs(path, exist_ok=True)
+        hf_config = {
+            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
+            "n_positions": c.block_size, "n_ctx": c.block_size, "n_embd": c.n_embd, "n_head": c.n_head,
+            "n_layer": c.n_layer, "vocab_size": c.vocab_size, "layer_norm_epsilon": 1e-5,
+            "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": True,
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "n_inner": None,
+        }
+        tensors = {}
+        for name, tensor in self.state_dict().items():
+            if name == "lm_head.weight":
+                continue
+            hf_name = name.removeprefix("transformer.")
+            if hf_name == "wte.weight":
+                tensor = tensor[: c.vocab_size]
+            elif hf_name.endswith(self._HF_TRANSPOSED):
+                tensor = tensor.t()
+            tensors[hf_name] = tensor.detach().float().contiguous().clone().cpu()
+        if not c.bias:
+            # HF GPT-2 always has biases: zeros compute the same function
+            for name in list(tensors):
+                if name.endswith("weight") and (name.startswith("h.") or name.startswith("ln_f")):
+                    bias_name = name[: -len("weight")] + "bias"
+                    if bias_name not in tensors:
+                        out_dim = tensors[name].size(-1) if name.endswith(self._HF_TRANSPOSED) else tensors[name].size(0)
+                        tensors[bias_name] = torch.zeros(out_dim)
+        save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(hf_config, f, indent=2)
+
+    # ------------------------------------------------------------------------------------------
+    # speed accounting
+
+    def flops_per_token(self, seq_len=None):
+        """Training FLOPs per token (forward + backward), as in the PaLM paper appendix B:
+        6 per parameter plus the attention score/value products, 12 * layers * width * seq_len."""
+        c = self.config
+        seq_len = seq_len or c.block_size
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * seq_len
+
+
+def _read_hf_weights(path):
+    safetensors_path = os.path.join(path, "model.safetensors")
+    if os.path.isfile(safetensors_path):
+        from safetensors.torch import load_file
+        return load_file(safetensors_path)
+    bin_path = os.path.join(path, "pytorch_model.bin")
+    if os.path.isfile(bin_path):
+        return torch.load(bin_path, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
+
+
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick one token per row from (B, vocab) logits: greedy at temperature 0, else sample
+    from the softmax after top-k and nucleus (top-p) filtering."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        # drop a token once the ones before it already cover top_p (the first token always stays)
+        drop_sorted = cumulative - F.softmax(sorted_logits, dim=-1) >= top_p
+        drop = drop_sorted.scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+# ----------------------------------------------------------------------------------------------
+# model FLOPs utilization: achieved FLOP/s over the peak of the GPU in use
+
+# dense bf16/fp16 tensor-core peak FLOP/s from the vendors' datasheets (no sparsity)
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,  # SXM; checked after the PCIe/NVL names above
+    "GH200": 989e12,
+    "A100": 312e12,
+    "A10G": 125e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+    "V100": 125e12,
+}
+
+
+def peak_flops(device):
+    """Peak dense bf16 FLOP/s of the GPU `device` is on, or None when unknown (e.g. a CPU)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key in sorted(PEAK_FLOPS, key=len, reverse=True):  # longest name first: "H100 PCIe" before "H100"
+        if key in name:
+            return PEAK_FLOPS[key]
+    return None
+
+
+def mfu(flops_per_second, device):
+    """Model FLOPs utilization as a fraction, or None on an unknown device."""
+    peak = peak_flops(device)
+    return None if peak is None else flops_per_second / peak

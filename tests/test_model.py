@@ -1,0 +1,180 @@
+"""model.py against independent references: float64 math, torch's SDPA, Hugging Face transformers."""
+
+import math
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig, reference_attention, sample_next_token, peak_flops, mfu
+
+
+def tiny_config(**overrides):
+    args = dict(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True, attention="sdpa")
+    args.update(overrides)
+    return GPTConfig(**args)
+
+
+def test_padded_vocab_and_logit_shape():
+    model = GPT(tiny_config())
+    assert model.transformer.wte.weight.shape[0] == 128  # 97 padded to a multiple of 64
+    logits, loss = model(torch.randint(0, 97, (3, 10)))
+    assert logits.shape == (3, 10, 97) and loss is None
+
+
+def test_loss_at_init_is_log_vocab():
+    torch.manual_seed(torch.seed())
+    model = GPT(tiny_config(vocab_size=500, n_embd=64))
+    idx = torch.randint(0, 500, (8, 32))
+    targets = torch.randint(0, 500, (8, 32))  # independent of the inputs: nothing to predict at init
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(500)) < 0.05
+
+
+def test_ignore_index():
+    model = GPT(tiny_config())
+    idx = torch.randint(0, 97, (2, 8))
+    targets = torch.randint(0, 97, (2, 8))
+    logits, _ = model(idx)
+    masked = targets.clone()
+    masked[:, :4] = -1
+    _, loss = model(idx, masked)
+    expected = torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, 97), targets[:, 4:].reshape(-1))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_reference_attention_matches_float64_math():
+    q, k, v = (torch.randn(2, 3, 11, 8, dtype=torch.float64) for _ in range(3))
+    scores = torch.einsum("bhid,bhjd->bhij", q, k) / math.sqrt(8)
+    i = torch.arange(11)
+    scores[..., i[:, None] < i[None, :]] = -math.inf
+    expected = torch.softmax(scores, dim=-1) @ v
+    torch.testing.assert_close(reference_attention(q, k, v), expected)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_attention_paths_agree(dtype, tol):
+    model = GPT(tiny_config()).to(dtype)
+    idx = torch.randint(0, 97, (2, 32))
+    outputs = {}
+    for mode in ("reference", "sdpa"):
+        for block in model.transformer.h:
+            block.attn.attention = mode
+        outputs[mode] = model(idx)[0].float()
+    error = (outputs["sdpa"] - outputs["reference"]).norm() / outputs["reference"].norm()
+    assert error < tol
+
+
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    model = GPT(tiny_config())
+    idx = torch.randint(0, 97, (4, 32))
+    targets = torch.randint(0, 97, (4, 32))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        _, loss = model(idx, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.1
+
+
+def hf_gpt2(config):
+    transformers = pytest.importorskip("transformers")
+    hf_config = transformers.GPT2Config(n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
+                                        n_head=config.n_head, vocab_size=config.vocab_size, resid_pdrop=0.0,
+                                        embd_pdrop=0.0, attn_pdrop=0.0)
+    return transformers.GPT2LMHeadModel(hf_config).eval()
+
+
+def randomize(module):
+    # fresh random weights everywhere, biases and LayerNorm scales included, so no mismatch hides behind init values
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * 0.1 + (1.0 if p.dim() == 1 else 0.0) * torch.rand(()))
+
+
+def test_loads_hugging_face_gpt2(tmp_path):
+    config = tiny_config()
+    hf = hf_gpt2(config)
+    randomize(hf)
+    hf.save_pretrained(tmp_path)
+    ours = GPT.from_hf_dir(str(tmp_path), attention="reference").eval()
+    idx = torch.randint(0, config.vocab_size, (3, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_exports_to_hugging_face_gpt2(tmp_path, bias):
+    transformers = pytest.importorskip("transformers")
+    ours = GPT(tiny_config(bias=bias)).eval()
+    randomize(ours)
+    ours.export_hf(str(tmp_path))
+    hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
+    idx = torch.randint(0, 97, (2, 25))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, ours(idx)[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_kv_cache_generates_the_same_tokens(temperature):
+    model = GPT(tiny_config()).eval()
+    randomize(model)
+    prompt = torch.randint(0, 97, (2, 5))
+    results = []
+    for use_cache in (True, False):
+        generator = torch.Generator().manual_seed(1234)
+        # 40 new tokens run past block_size 32, exercising the fall-back past a full cache too
+        tokens = list(model.generate(prompt, 40, temperature=temperature, use_cache=use_cache, generator=generator))
+        results.append(torch.cat(tokens, dim=1))
+    assert results[0].shape == (2, 40)
+    assert torch.equal(results[0], results[1])
+
+
+def test_generate_stops_at_eot():
+    model = GPT(tiny_config()).eval()
+    prompt = torch.randint(0, 97, (1, 3))
+    first = next(model.generate(prompt, 1, temperature=0))
+    tokens = list(model.generate(prompt, 10, temperature=0, eot_token=int(first)))
+    assert len(tokens) == 1
+
+
+def test_sampling_filters():
+    logits = torch.randn(4, 50)
+    greedy = logits.argmax(-1, keepdim=True)
+    assert torch.equal(sample_next_token(logits, temperature=0), greedy)
+    assert torch.equal(sample_next_token(logits, temperature=1.0, top_k=1), greedy)
+    assert torch.equal(sample_next_token(logits, temperature=1.0, top_p=1e-6), greedy)
+    # top_p keeps the smallest prefix (by probability) whose mass reaches p: check against a direct count
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, _ = probs.sort(dim=-1, descending=True)
+    allowed = (sorted_probs.cumsum(-1) - sorted_probs < 0.5).sum(-1)
+    draws = torch.cat([sample_next_token(logits, top_p=0.5) for _ in range(200)], dim=1)
+    ranks = (probs.gather(1, draws)[:, :, None] < probs[:, None, :]).sum(-1)  # rank of each drawn token
+    assert (ranks < allowed[:, None]).all()
+
+
+def test_flops_and_mfu_accounting():
+    config = tiny_config()
+    model = GPT(config)
+    n = sum(p.numel() for p in model.parameters()) - config.block_size * config.n_embd
+    assert model.num_params() == n
+    assert model.flops_per_token(16) == 6 * n + 12 * config.n_layer * config.n_embd * 16
+    assert peak_flops("cpu") is None and mfu(1e12, "cpu") is None
+
+
+def test_crop_block_size_and_set_dropout():
+    model = GPT(tiny_config())
+    model.crop_block_size(16)
+    assert model.transformer.wpe.weight.shape[0] == 16
+    model.set_dropout(0.3)
+    assert all(m.p == 0.3 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    with pytest.raises(ValueError):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="attention"):
+        tiny_config(attention="fast")
+    with pytest.raises(ValueError, match="divisible"):
+        tiny_config(n_embd=33)
