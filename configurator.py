@@ -41,7 +41,7 @@ def _check_type(key, value, default, source):
 
 
 def _unknown_key(key, defaults, source):
-    close = difflib.get_close_matches(key, list(defaults), n=3, cutoff=0.5)
+    close = difflib.get_close_matches(key, list(defaults), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(sorted(defaults))}"
     return ConfigError(f"{source}: unknown config key '{key}'{hint}")
 

@@ -178,3 +178,27 @@ def test_bad_config_is_refused():
         tiny_config(attention="fast")
     with pytest.raises(ValueError, match="divisible"):
         tiny_config(n_embd=33)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_loss_matches_plain_cross_entropy(autocast, monkeypatch):
+    from model import FusedLinearCrossEntropy
+    monkeypatch.setattr(FusedLinearCrossEntropy, "CHUNK_ROWS", 40)  # several chunks, the last one ragged
+    plain = GPT(tiny_config())
+    fused = GPT(tiny_config(fused_loss=True))
+    fused.load_state_dict(plain.state_dict())
+    idx, targets = torch.randint(0, 97, (3, 32)), torch.randint(0, 97, (3, 32))
+    targets[0, :7] = -1
+    losses = []
+    for model in (plain, fused):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            _, loss = model(idx, targets)
+        loss.backward()
+        losses.append(loss.item())
+    tol = 2e-2 if autocast else 1e-5
+    assert abs(losses[0] - losses[1]) < tol
+    for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
+        assert (p.grad - q.grad).norm() <= tol * p.grad.norm() + 1e-7, name
+    with torch.no_grad():  # evaluation keeps the plain path and its logits
+        logits, loss = fused(idx, targets)
+    assert logits is not None and abs(loss.item() - losses[0]) < tol
