@@ -450,4 +450,7 @@ def load_tokenizer_from_meta(meta):
 
 if __name__ == "__main__":
     from configurator import load_config
-    train(load_config(DEFAULTS, sys.argv[1:]))
+    try:
+        train(load_config(DEFAULTS, sys.argv[1:]))
+    except (ValueError, FileNotFoundError) as e:  # PrepareError and TokenizerError included: bad input, one line
+        raise SystemExit(f"error: {e}") from None

@@ -25,7 +25,7 @@ def logged_losses(out_dir):
 
 
 def test_loss_falls_and_checkpoints_are_written(char_data_dir, tmp_path):
-    run_script(train_flags(char_data_dir, tmp_path, "--max_iters=30", "--eval_interval=10"))
+    run_script(train_flags(char_data_dir, tmp_path, "--max_iters=30", "--eval_interval=10", "--learning_rate=1e-2"))
     losses = logged_losses(tmp_path)
     assert sorted(losses) == list(range(1, 31))
     assert losses[30] < losses[1] - 0.5
