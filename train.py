@@ -345,7 +345,7 @@ def train(config):
     log_metrics({"type": "config", "step": step, "config": config, "world_size": world_size})
     start_step, losses = step, []
     flops_per_step = raw_model.flops_per_token(config["block_size"]) * tokens_per_step
-    t0 = time.time()
+    t0 = run_start = time.time()
     while True:
         resumed_here = step == start_step and config["init_from"] == "resume"
         if (step % config["eval_interval"] == 0 or step == config["max_iters"]) and not resumed_here:
@@ -357,7 +357,8 @@ def train(config):
             estimates = estimate_loss(model, samplers, config["eval_iters"], config["batch_size"], device, autocast,
                                       rank, world_size, config["seed"] + 1000)
             if master:
-                record = {"type": "eval", "step": step, "train_loss": estimates["train"], "val_loss": estimates["val"]}
+                record = {"type": "eval", "step": step, "train_loss": estimates["train"], "val_loss": estimates["val"],
+                          "elapsed_s": time.time() - run_start}
                 if hellaswag_items is not None:
                     from eval import hellaswag_accuracy
                     record.update({f"hellaswag_{k}": v for k, v in hellaswag_accuracy(
@@ -434,7 +435,7 @@ def train(config):
                       f"{tokens_per_sec:,.0f} tokens/s, MFU {mfu_text}", flush=True)
                 log_metrics({"type": "train", "step": step, "loss": loss_value, "lr": lr,
                              "ms_per_step": 1000 * seconds_per_step, "tokens_per_sec": tokens_per_sec,
-                             "mfu": utilization})
+                             "mfu": utilization, "elapsed_s": t1 - run_start})
 
     if metrics_file is not None:
         metrics_file.close()
