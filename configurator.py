@@ -77,6 +77,9 @@ def load_config(defaults, argv):
     """Apply config files and --key=value flags in `argv` to a copy of `defaults`."""
     config = dict(defaults)
     for arg in argv:
+        if arg in ("-h", "--help"):
+            print("settings (override with config/NAME.py files or --key=value flags):\n" + format_config(defaults))
+            raise SystemExit(0)
         if arg.startswith("--"):
             if "=" not in arg:
                 raise ConfigError(f"flag '{arg}' has no value; write it as {arg}=VALUE")
