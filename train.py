@@ -177,14 +177,15 @@ def estimate_loss(model, samplers, eval_iters, batch_size, device, autocast, ran
     return out
 
 
-def configure_optimizer(model, config, device):
-    """AdamW with weight decay on matrices (linear and embedding weights) only, fused on CUDA."""
+def configure_optimizer(model, config, device, fused=None):
+    """AdamW with weight decay on matrices (linear and embedding weights) only, fused on CUDA by default."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": config["weight_decay"]},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    extra = {"fused": True} if device.startswith("cuda") else {}
+    fused = device.startswith("cuda") if fused is None else fused
+    extra = {"fused": True} if fused else {}
     return torch.optim.AdamW(groups, lr=config["learning_rate"], betas=(config["beta1"], config["beta2"]), **extra)
 
 

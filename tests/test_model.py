@@ -182,8 +182,8 @@ def test_bad_config_is_refused():
 
 @pytest.mark.parametrize("autocast", [False, True])
 def test_fused_loss_matches_plain_cross_entropy(autocast, monkeypatch):
-    from model import FusedLinearCrossEntropy
-    monkeypatch.setattr(FusedLinearCrossEntropy, "CHUNK_ROWS", 40)  # several chunks, the last one ragged
+    import model
+    monkeypatch.setattr(model, "FUSED_LOSS_CHUNK_ROWS", 40)  # several chunks, the last one ragged
     plain = GPT(tiny_config())
     fused = GPT(tiny_config(fused_loss=True))
     fused.load_state_dict(plain.state_dict())
