@@ -135,18 +135,6 @@ class EvalError(ValueError):
 # -----------------------------------------------------------------------------
 # device and precision
 
-def resolve_device_and_dtype(device, dtype):
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EvalError("device=cuda but no CUDA GPU is visible; use --device=cpu")
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise EvalError(f"dtype must be auto, float32, bfloat16 or float16, got {dtype!r}")
-    return device, dtype
-
-
 def autocast_context(device, dtype=None):
     """bf16 autocast on CUDA by default (as training runs); float32 elsewhere or when asked."""
     device_type = torch.device(device).type
@@ -729,6 +717,7 @@ def parse_tasks(text):
 
 
 def run(config):
+    from train import resolve_device_and_dtype
     task_list = parse_tasks(config["tasks"])
     device, dtype = resolve_device_and_dtype(config["device"], config["dtype"])
     for key in ("limit", "max_tokens", "stride"):

@@ -256,6 +256,7 @@ def train(config):
     from configurator import format_config
     from model import mfu
     from prepare import open_split, read_meta
+    from tokenizer import load_tokenizer
 
     device, dtype = resolve_device_and_dtype(config["device"], config["dtype"])
     rank, local_rank, world_size, device = setup_distributed(device)
@@ -322,8 +323,9 @@ def train(config):
 
     hellaswag_items = None
     if config["hellaswag_path"] and master:
-        from eval import load_hellaswag
+        from eval import hellaswag_requests, load_hellaswag
         hellaswag_items = load_hellaswag(config["hellaswag_path"], limit=config["hellaswag_limit"])
+        hellaswag_requests(hellaswag_items, load_tokenizer(meta["tokenizer"]))  # a char vocabulary fails here, not mid-run
 
     metrics_file = open(os.path.join(config["out_dir"], "metrics.jsonl"), "a", buffering=1) if master else None
 
@@ -362,9 +364,8 @@ def train(config):
                           "elapsed_s": time.time() - run_start}
                 if hellaswag_items is not None:
                     from eval import hellaswag_accuracy
-                    record.update({f"hellaswag_{k}": v for k, v in hellaswag_accuracy(
-                        raw_model, load_tokenizer_from_meta(meta), hellaswag_items, device, config["batch_size"]).items()
-                        if k in ("acc", "acc_norm")})
+                    accuracy = hellaswag_accuracy(raw_model, load_tokenizer(meta["tokenizer"]), hellaswag_items, device)
+                    record.update({f"hellaswag_{k}": accuracy[k] for k in ("acc", "acc_norm", "acc_norm_chars")})
                     raw_model.train()
                 print(f"step {step}: train loss {estimates['train']:.4f}, val loss {estimates['val']:.4f}"
                       + "".join(f", {k} {v:.4f}" for k, v in record.items() if k.startswith("hellaswag")))
@@ -443,11 +444,6 @@ def train(config):
     if world_size > 1:
         torch.distributed.destroy_process_group()
     return losses
-
-
-def load_tokenizer_from_meta(meta):
-    from tokenizer import load_tokenizer
-    return load_tokenizer(meta["tokenizer"])
 
 
 if __name__ == "__main__":

@@ -162,3 +162,22 @@ def test_bad_runs_fail_with_one_line(char_data_dir, tmp_path):
     assert result.returncode != 0 and "fewer than block_size" in result.stderr.strip().splitlines()[-1]
     result = run_script(train_flags(tmp_path / "nothing-here", tmp_path), check=False)
     assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_in_training_hellaswag(tmp_path, char_data_dir):
+    from conftest import corpus_text
+    text = tmp_path / "corpus.txt"
+    text.write_text(corpus_text()[:20_000], encoding="utf-8")
+    run_script(["prepare.py", f"--input={text}", "--tokenizer=gpt2", f"--out_dir={tmp_path / 'gpt2'}"])
+    items = tmp_path / "hellaswag.jsonl"
+    items.write_text("".join(json.dumps({"ctx": f"The king said \u01c2 {i}", "endings": [" yes", " no", " thou art", " my lord"],
+                                         "label": i % 4}) + "\n" for i in range(6)))
+    run_script(train_flags(tmp_path / "gpt2", tmp_path / "out", "--max_iters=2", "--eval_interval=2",
+                           f"--hellaswag_path={items}"))
+    with open(tmp_path / "out" / "metrics.jsonl") as f:
+        evals = [r for r in map(json.loads, f) if r["type"] == "eval"]
+    assert len(evals) == 2 and all(0 <= r["hellaswag_acc_norm"] <= 1 for r in evals)
+    # a character vocabulary without "\u01c2" cannot spell these items: refused before training starts
+    result = run_script(train_flags(char_data_dir, tmp_path / "char", f"--hellaswag_path={items}"), check=False)
+    assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith("error:")
+    assert not os.path.exists(tmp_path / "char" / "metrics.jsonl")
