@@ -565,11 +565,6 @@ def format_speedup(train):
 # -----------------------------------------------------------------------------
 # attention micro-benchmark
 
-def attention_flops(B, H, T, D, causal=True):
-    """Forward FLOPs: QK^T and PV, 2 * T * T * D each per head; causal attention needs half. Backward: 2.5x."""
-    return 4 * B * H * T * T * D * (0.5 if causal else 1.0)
-
-
 def attention_kernels(device, triton_on_cpu):
     """(name, attention function of (q, k, v), SDPA backend or None) for each kernel to time; the first is the
     reference the others' outputs are compared with."""
@@ -607,6 +602,7 @@ def benchmark_ms(fn, device, grad_to_none=None):
 
 
 def bench_attention_shape(shape, kernels, device, dtype):
+    from flash_attention import attention_flops
     B, H, T, D = shape
     torch.manual_seed(0)
     q, k, v = (torch.randn(B, H, T, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))

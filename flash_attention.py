@@ -4,8 +4,8 @@ Flash attention in Triton: forward and backward, usable from autograd and torch.
     from flash_attention import flash_attention
     out = flash_attention(q, k, v, causal=True)        # q, k, v: (B, H, T, D); autograd and torch.compile work
 
-    python flash_attention.py            # on a GPU: check correctness, then time ours vs torch SDPA backends
-    python flash_attention.py --sweep    # same, plus time candidate block configs (used to pick _GPU_CONFIGS)
+    python flash_attention.py            # on a GPU: time the candidate block configs (used to pick _GPU_CONFIGS)
+    python bench.py --mode=attention     # ours against torch SDPA's flash and cuDNN backends
 
 Without a GPU the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, set below when there is no CUDA):
 slow, but exact enough for the tests in tests/test_flash_attention.py.
@@ -549,11 +549,12 @@ def flash_attention(q, k, v, causal=True, softmax_scale=None):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Benchmark: ours vs torch SDPA (flash and cuDNN backends), on one GPU.
+# Tuning: `python flash_attention.py` times the candidate block configs below on one GPU. The comparison with
+# torch's SDPA backends is bench.py's (`python bench.py --mode=attention`).
 
 
-def _attention_flops(B, H, T, D, causal):
-    # Two T x T x D matrix products per head (QK^T and PV), 2 FLOPs per multiply-add; causal does half.
+def attention_flops(B, H, T, D, causal=True):
+    """Forward FLOPs: QK^T and PV, 2 * T * T * D each per head; causal attention needs half. Backward: 2.5x."""
     return 4 * B * H * T * T * D * (0.5 if causal else 1.0)
 
 
@@ -561,84 +562,36 @@ def _relative_error(x, ref):
     return ((x.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
-def _bench_shape(B, H, T, D, dtype, causal, sweep, device="cuda"):
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+def _time_config(name, run, flops, reference):
+    """Time one candidate (its first call compiles it); a config that does not fit the chip is reported, not fatal."""
     from triton.testing import do_bench
+    try:
+        t0 = time.perf_counter()
+        result = run()
+        torch.cuda.synchronize()
+        compile_s = time.perf_counter() - t0
+        ms = do_bench(run, warmup=25, rep=100, return_mode="median")
+        print(f"  {name}: {ms:.3f} ms {flops / ms * 1e-9:6.1f} TFLOP/s, rel err vs default "
+              f"{_relative_error(result, reference):.1e} (first call {compile_s:.1f} s)")
+    except Exception as e:  # out of shared memory or registers
+        print(f"  {name}: failed ({type(e).__name__}: {str(e).splitlines()[0][:60]})")
 
+
+def sweep(B, H, T, D, dtype=torch.bfloat16, causal=True):
     torch.manual_seed(0)
-    q, k, v = (torch.randn(B, H, T, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
-    dout = torch.randn(B, H, T, D, device=device, dtype=dtype)
-    fwd_flops = _attention_flops(B, H, T, D, causal)
-    rows = []
-
-    def time_pair(name, fwd_fn):
-        def fwd_bwd():
-            fwd_fn().backward(dout)
-        with torch.no_grad():
-            ms_fwd = do_bench(fwd_fn, warmup=25, rep=200, return_mode="median")
-        ms_all = do_bench(fwd_bwd, warmup=25, rep=200, grad_to_none=[q, k, v], return_mode="median")
-        rows.append((name, ms_fwd, fwd_flops / ms_fwd * 1e-9, ms_all, 3.5 * fwd_flops / ms_all * 1e-9))
-        print(f"  {name}: fwd {ms_fwd:.3f} ms {rows[-1][2]:.0f} TFLOP/s, fwd+bwd {ms_all:.3f} ms "
-              f"{rows[-1][4]:.0f} TFLOP/s")
-
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    out = sdpa(q, k, v, is_causal=causal)  # torch's default choice of backend: the reference for the error column
-    out.backward(dout)
-    reference = {"out": out.detach(), "dq": q.grad, "dk": k.grad, "dv": v.grad}
-    q.grad = k.grad = v.grad = None
-    for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
-        try:
-            with sdpa_kernel(backend):
-                time_pair(name, lambda: sdpa(q, k, v, is_causal=causal))
-        except RuntimeError as e:
-            print(f"  {name}: unavailable ({str(e).splitlines()[0][:80]})")
-
-    q.grad = k.grad = v.grad = None  # do_bench leaves the last repetition's gradients behind
-    out = flash_attention(q, k, v, causal=causal)
-    out.backward(dout)
-    errors = {"out": _relative_error(out, reference["out"]), "dq": _relative_error(q.grad, reference["dq"]),
-              "dk": _relative_error(k.grad, reference["dk"]), "dv": _relative_error(v.grad, reference["dv"])}
-    q.grad = k.grad = v.grad = None
-    print("  ours vs sdpa rel err: " + " ".join(f"{n}={e:.1e}" for n, e in errors.items()))
-    time_pair("ours", lambda: flash_attention(q, k, v, causal=causal))
-
-    if sweep:
-        scale = D ** -0.5
-        with torch.no_grad():
-            _, lse = _forward(q, k, v, causal, scale)
-        default = _config(D, dtype, q.device)
-        for cfg in _SWEEP_FWD[D]:
-            try:
-                t0 = time.perf_counter()
-                o, _ = _forward(q, k, v, causal, scale, {"fwd": cfg})
-                torch.cuda.synchronize()
-                compile_s = time.perf_counter() - t0
-                err = _relative_error(o, reference["out"])
-                ms = do_bench(lambda: _forward(q, k, v, causal, scale, {"fwd": cfg}), warmup=25, rep=100,
-                              return_mode="median")
-                print(f"  sweep fwd {cfg}: {ms:.3f} ms {fwd_flops / ms * 1e-9:6.1f} TFLOP/s err {err:.1e} "
-                      f"(first call {compile_s:.1f} s)")
-            except Exception as e:  # a config that does not fit shared memory / registers
-                print(f"  sweep fwd {cfg}: failed ({type(e).__name__}: {str(e).splitlines()[0][:60]})")
-        out_d = out.detach()
-        for cfg in _SWEEP_BWD[D]:
-            try:
-                t0 = time.perf_counter()
-                dq, _, _ = _backward(dout, q, k, v, out_d, lse, causal, scale, {"bwd": cfg})
-                torch.cuda.synchronize()
-                compile_s = time.perf_counter() - t0
-                err = _relative_error(dq, reference["dq"])
-                ms = do_bench(lambda: _backward(dout, q, k, v, out_d, lse, causal, scale, {"bwd": cfg}),
-                              warmup=25, rep=100, return_mode="median")
-                print(f"  sweep bwd {cfg}: {ms:.3f} ms {2.5 * fwd_flops / ms * 1e-9:6.1f} TFLOP/s err {err:.1e} "
-                      f"(first call {compile_s:.1f} s)")
-            except Exception as e:
-                print(f"  sweep bwd {cfg}: failed ({type(e).__name__}: {str(e).splitlines()[0][:60]})")
-        print(f"  default config: {default}")
-    return rows
+    q, k, v, dout = (torch.randn(B, H, T, D, device="cuda", dtype=dtype) for _ in range(4))
+    scale, flops = D ** -0.5, attention_flops(B, H, T, D, causal)
+    out, lse = _forward(q, k, v, causal, scale)
+    dq, _, _ = _backward(dout, q, k, v, out, lse, causal, scale)
+    print(f"shape B={B} H={H} T={T} D={D} {str(dtype)[6:]} causal={causal}; default config {_config(D, dtype, q.device)}")
+    for cfg in _SWEEP_FWD[D]:
+        _time_config(f"fwd {cfg}", lambda: _forward(q, k, v, causal, scale, {"fwd": cfg})[0], flops, out)
+    for cfg in _SWEEP_BWD[D]:
+        _time_config(f"bwd {cfg}", lambda: _backward(dout, q, k, v, out, lse, causal, scale, {"bwd": cfg})[0],
+                     2.5 * flops, dq)
 
 
-# Candidates for --sweep, by head dim: fwd (BLOCK_M, BLOCK_N, warps, stages); bwd (M1, N1, M2, N2, warps, stages).
+# Candidates for the sweep, by head dim: fwd (BLOCK_M, BLOCK_N, warps, stages); bwd (M1, N1, M2, N2, warps, stages).
 # Pre-screened without a GPU by compiling for sm_90 and reading registers and spills (cuobjdump -res-usage).
 _SWEEP_FWD = {
     64: [(64, 64, 4, 3), (64, 64, 4, 4), (64, 32, 4, 3), (64, 64, 8, 3), (128, 64, 8, 3)],
@@ -656,24 +609,10 @@ _SWEEP_BWD = {
 
 def main(argv):
     if not torch.cuda.is_available():
-        raise SystemExit("error: the benchmark needs a CUDA GPU (the CPU interpreter is only for tests)")
-    sweep = "--sweep" in argv
+        raise SystemExit("error: tuning needs a CUDA GPU (the CPU interpreter is only for tests)")
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
-    dtype, causal = torch.bfloat16, True
-    table = []
     for B, H, T, D in ((16, 12, 1024, 64), (4, 16, 4096, 128)):
-        print(f"shape B={B} H={H} T={T} D={D} {str(dtype)[6:]} causal={causal}")
-        try:  # one shape failing (out of memory, a backend missing) should not cost the other its numbers
-            rows = _bench_shape(B, H, T, D, dtype, causal, sweep)
-        except Exception as e:
-            print(f"  failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
-            continue
-        table.extend((f"{B}x{H}x{T}x{D}",) + row for row in rows)
-    print()
-    print("| shape (BxHxTxD) | kernel | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s |")
-    print("|---|---|---|---|---|---|")
-    for shape, name, ms_fwd, tf_fwd, ms_all, tf_all in table:
-        print(f"| {shape} | {name} | {ms_fwd:.3f} | {tf_fwd:.0f} | {ms_all:.3f} | {tf_all:.0f} |")
+        sweep(B, H, T, D)
 
 
 if __name__ == "__main__":
