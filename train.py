@@ -3,7 +3,7 @@
 One process (CPU or one GPU):
     python train.py config/train_shakespeare_char.py
     python train.py config/train_default.py --max_iters=500 --device=cpu
-Several GPUs on one node with DDP:
+Several GPUs on one node with DDP (or FSDP2 with --parallel=fsdp, which shards weights and optimizer state):
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
 Several nodes: torchrun's own flags (--nnodes, --node_rank, --rdzv_endpoint ...).
 
@@ -68,6 +68,8 @@ min_lr = 6e-5
 device = "auto"  # 'auto', 'cpu', 'cuda', 'cuda:1', ...
 dtype = "auto"  # 'auto' (bfloat16 where supported, else float32), 'float32', 'bfloat16', 'float16'
 compile = True  # torch.compile the model
+parallel = "ddp"  # with several processes: 'ddp' (a full copy per GPU) or 'fsdp' (FSDP2: weights, gradients and
+                  # optimizer state sharded across GPUs, for models whose training state does not fit one GPU)
 seed = 1337
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
 # -----------------------------------------------------------------------------
@@ -153,15 +155,15 @@ def to_device(x, y, device):
 
 @torch.no_grad()
 def estimate_loss(model, samplers, eval_iters, batch_size, device, autocast, rank, world_size, seed):
-    """Mean loss per split over eval_iters batches, the same batches at every eval (a fixed seed),
-    shared out between processes."""
+    """Mean loss per split over eval_iters batches (rounded up to a multiple of the number of processes, which
+    share them out evenly, as FSDP needs), the same batches at every eval (a fixed seed)."""
     model.eval()
     out = {}
     for split, sampler in samplers.items():
         generator_state = sampler.generator.get_state()
         sampler.generator.manual_seed(seed)
         total = torch.zeros(2, device=device)  # sum of batch losses, number of batches
-        for i in range(eval_iters):
+        for i in range(-(-eval_iters // world_size) * world_size):
             offsets = sampler.draw_offsets(batch_size)
             if i % world_size != rank:
                 continue
@@ -212,8 +214,49 @@ def set_rng_state(state, device):
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def all_finite(model):
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+def all_finite(model, world_size):
+    """True when the weights of every process (its shard, under FSDP) are all finite."""
+    from torch.distributed.tensor import DTensor
+    local = all(bool(torch.isfinite(p.to_local() if isinstance(p, DTensor) else p).all()) for p in model.parameters())
+    flag = torch.tensor(float(local), device=next(model.parameters()).device)
+    if world_size > 1:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag)
+
+
+def shard_model(model):
+    """FSDP2: each block's parameters (and so their gradients and AdamW state) split across the processes;
+    the root call takes the embeddings and the final norm."""
+    from torch.distributed.fsdp import fully_shard
+    for block in model.transformer.h:
+        fully_shard(block)
+    fully_shard(model)
+
+
+def gather_state(model, optimizer, fsdp):
+    """Full model and optimizer state dicts for a checkpoint (under FSDP every process must call this; rank 0
+    gets the tensors). The model's is a plain state dict either way, so sample.py and eval.py load both."""
+    if not fsdp:
+        return model.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model, optimizer, state, fsdp):
+    if not fsdp:
+        return optimizer.load_state_dict(state)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def gradient_sync(model, fsdp, world_size, enabled):
+    """A context for one micro-step: only the last micro-step of an optimizer step exchanges gradients."""
+    if world_size == 1:
+        return nullcontext()
+    if fsdp:
+        model.set_requires_gradient_sync(enabled)
+        return nullcontext()
+    return nullcontext() if enabled else model.no_sync()
 
 
 def build_model(config, meta, device):
@@ -265,6 +308,12 @@ def train(config):
         raise SystemExit(f"error: gradient_accumulation_steps={config['gradient_accumulation_steps']} must be divisible "
                          f"by the number of processes ({world_size})")
     local_accum = config["gradient_accumulation_steps"] // world_size
+    if config["parallel"] not in ("ddp", "fsdp"):
+        raise SystemExit(f"error: parallel must be 'ddp' or 'fsdp', got {config['parallel']!r}")
+    fsdp = config["parallel"] == "fsdp" and world_size > 1
+    if fsdp and (dtype == "float16" or config["hellaswag_path"]):
+        raise SystemExit("error: parallel=fsdp runs in bfloat16 or float32 and without hellaswag_path; "
+                         "change --dtype or drop --hellaswag_path")
     tokens_per_step = config["gradient_accumulation_steps"] * config["batch_size"] * config["block_size"]
     if master:
         os.makedirs(config["out_dir"], exist_ok=True)
@@ -287,11 +336,16 @@ def train(config):
                 for i, split in enumerate(("train", "val"))}
     train_sampler = samplers["train"]
 
+    if fsdp:
+        shard_model(model)  # before the optimizer is made: it must hold the sharded parameters
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == "float16")
     optimizer = configure_optimizer(model, config, device)
     step, best_val_loss = 0, float("inf")
     if checkpoint is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint["config"].get("parallel", "ddp") != config["parallel"] and (fsdp or checkpoint["world_size"] > 1):
+            raise SystemExit(f"error: the checkpoint was written with parallel={checkpoint['config'].get('parallel')}; "
+                             f"resume with the same --parallel")
+        load_optimizer_state(model, optimizer, checkpoint["optimizer"], fsdp)
         if checkpoint["scaler"] is not None:
             scaler.load_state_dict(checkpoint["scaler"])
         step, best_val_loss = checkpoint["step"], checkpoint["best_val_loss"]
@@ -315,7 +369,7 @@ def train(config):
         if master:
             print("compiling the model (takes a minute)...")
         model = torch.compile(model)
-    if world_size > 1:
+    if world_size > 1 and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[local_rank] if device.startswith("cuda") else None)
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype)) \
@@ -333,17 +387,21 @@ def train(config):
         if metrics_file is not None:
             metrics_file.write(json.dumps(record) + "\n")
 
-    def save(name, step):
-        if not all_finite(raw_model):
-            raise SystemExit(f"error: weights are not finite at step {step}; not writing {name}")
+    def save(names, step):
+        """Write the checkpoint under each of `names`; every process calls this (FSDP gathers), rank 0 writes."""
+        if not all_finite(raw_model, world_size):
+            raise SystemExit(f"error: weights are not finite at step {step}; not writing {', '.join(names)}")
+        model_state, optimizer_state = gather_state(raw_model, optimizer, fsdp)
         state = {
-            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+            "model": model_state, "optimizer": optimizer_state,
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "model_args": asdict(raw_model.config), "config": config, "tokenizer": meta["tokenizer"],
             "step": step, "best_val_loss": best_val_loss, "world_size": world_size,
             "data_generator": train_sampler.generator.get_state(), "rng_states": all_rng_states,
         }
-        save_checkpoint(state, os.path.join(config["out_dir"], name))
+        if master:
+            for name in names:
+                save_checkpoint(state, os.path.join(config["out_dir"], name))
 
     log_metrics({"type": "config", "step": step, "config": config, "world_size": world_size})
     start_step, losses = step, []
@@ -370,12 +428,14 @@ def train(config):
                 print(f"step {step}: train loss {estimates['train']:.4f}, val loss {estimates['val']:.4f}"
                       + "".join(f", {k} {v:.4f}" for k, v in record.items() if k.startswith("hellaswag")))
                 log_metrics(record)
-                if estimates["val"] < best_val_loss:
-                    best_val_loss = estimates["val"]
-                    if step > 0:
-                        save("best.pt", step)
-                if step > 0 and (config["always_save_checkpoint"] or step == config["max_iters"]):
-                    save("last.pt", step)
+            # every process takes the same decisions: the estimates were averaged over all of them
+            improved = estimates["val"] < best_val_loss
+            best_val_loss = min(best_val_loss, estimates["val"])
+            names = ["best.pt"] if improved and step > 0 else []
+            if step > 0 and (config["always_save_checkpoint"] or step == config["max_iters"]):
+                names.append("last.pt")
+            if names:
+                save(names, step)
             if world_size > 1:
                 torch.distributed.barrier()  # nobody runs ahead while rank 0 writes
         if config["eval_only"] or step >= config["max_iters"]:
@@ -393,9 +453,7 @@ def train(config):
         step_loss = torch.zeros((), device=device)
         for micro_step in range(local_accum):
             last = micro_step == local_accum - 1
-            # only the last micro-step all-reduces gradients between processes
-            sync_context = model.no_sync() if world_size > 1 and not last else nullcontext()
-            with sync_context:
+            with gradient_sync(model, fsdp, world_size, enabled=last):
                 with autocast:
                     if teacher_model is None:
                         _, loss = model(x, y)

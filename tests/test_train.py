@@ -35,16 +35,38 @@ def test_loss_falls_and_checkpoints_are_written(char_data_dir, tmp_path):
     assert os.path.isfile(os.path.join(tmp_path, "best.pt"))
 
 
-def test_two_processes_equal_one_process(char_data_dir, tmp_path):
+def torchrun(*args):
+    return run_script(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args],
+                      env={"OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_equal_one_process(char_data_dir, tmp_path, parallel):
     """2 gloo processes under torchrun take the same global batch as 1 process: same losses."""
-    flags = ["--max_iters=6", "--eval_interval=100", "--gradient_accumulation_steps=4"]
+    flags = ["--max_iters=6", "--eval_interval=100", "--gradient_accumulation_steps=4", f"--parallel={parallel}"]
     run_script(train_flags(char_data_dir, tmp_path / "one", *flags))
-    run_script(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                *train_flags(char_data_dir, tmp_path / "two", *flags)], env={"OMP_NUM_THREADS": "1"})
+    torchrun(*train_flags(char_data_dir, tmp_path / "two", *flags))
     one, two = logged_losses(tmp_path / "one"), logged_losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(1, 7))
     for step in one:
         assert abs(one[step] - two[step]) < 1e-5, (step, one[step], two[step])
+    # the checkpoint holds full, plain weights either way
+    one_state = load_checkpoint(os.path.join(tmp_path / "one", "last.pt"))["model"]
+    two_state = load_checkpoint(os.path.join(tmp_path / "two", "last.pt"))["model"]
+    assert one_state.keys() == two_state.keys()
+    for name in one_state:
+        torch.testing.assert_close(one_state[name], two_state[name], rtol=1e-4, atol=1e-5)
+
+
+def test_fsdp_resume_is_exact(char_data_dir, tmp_path):
+    flags = ["--eval_interval=3", "--parallel=fsdp"]
+    torchrun(*train_flags(char_data_dir, tmp_path / "straight", "--max_iters=6", *flags))
+    torchrun(*train_flags(char_data_dir, tmp_path / "split", "--max_iters=3", *flags))
+    torchrun(*train_flags(char_data_dir, tmp_path / "split", "--max_iters=6", "--init_from=resume", *flags))
+    straight = load_checkpoint(os.path.join(tmp_path / "straight", "last.pt"))
+    resumed = load_checkpoint(os.path.join(tmp_path / "split", "last.pt"))
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
 
 
 def test_resume_is_exact(char_data_dir, tmp_path):
