@@ -951,12 +951,10 @@ def interpret_triton_on_cpu(device):
 
 def write_json(results, path):
     """Atomically: a reader (or a crash mid-write) never sees half a file."""
+    from checkpoint import atomic_write
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp_path = f"{path}.tmp.{os.getpid()}"
-    with open(tmp_path, "w") as f:
-        jsonlib.dump(results, f, indent=2)
-    os.replace(tmp_path, path)
+    atomic_write(path, lambda f: f.write(jsonlib.dumps(results, indent=2).encode("utf-8")))
 
 
 BENCHMARKS = {"train": bench_train, "attention": bench_attention, "inference": bench_inference, "sizing": bench_sizing}

@@ -1,7 +1,8 @@
 """Checkpoint I/O, written once for every script.
 
 - `save_checkpoint(state, path)`: atomic (temp file, fsync, rename), so a crash or kill -9 at any
-  moment leaves either the previous complete file or the new complete file, never half of one.
+  moment leaves either the previous complete file or the new complete file, never half of one;
+  `atomic_write` does the same for any file (eval.py's reports, bench.py's JSON).
 - `load_checkpoint(path)`: `torch.load(weights_only=True)`, so a checkpoint cannot run code.
 - `load_model(source, device)`: a model ready for inference from our checkpoint (a .pt file or
   an out_dir holding best.pt / last.pt) or from a Hugging Face GPT-2 directory.
@@ -15,14 +16,16 @@ from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
 
 
-def save_checkpoint(state, path):
+def atomic_write(path, write):
+    """Call write(binary_file) on a temp file, fsync it, then rename it to `path`: readers (and a crash or
+    kill -9 at any moment) see the previous complete file or the new complete file, never half of one."""
     tmp_path = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp_path, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp_path, path)  # atomic on POSIX: readers see the old file or the new one
+        os.replace(tmp_path, path)  # atomic on POSIX
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
@@ -32,6 +35,10 @@ def save_checkpoint(state, path):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def save_checkpoint(state, path):
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -62,6 +62,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from checkpoint import atomic_write
+
 # -----------------------------------------------------------------------------
 # config defaults; config/*.py files and --key=value flags override them
 model = "out"  # our checkpoint (.pt) or out_dir, or a Hugging Face GPT-2 folder
@@ -607,16 +609,11 @@ def plot_curves(metrics, path, kind=None, title="", marker=None):
         ax.set_title("HellaSwag during training")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fig.savefig(tmp, dpi=120, format="png")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
 
 
 def _write_atomic(path, text):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)  # a reader sees the old report or the new one, never half of one
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))  # a reader never sees half a report
 
 
 def _fmt(value):
