@@ -487,8 +487,8 @@ def train(config):
                 raise SystemExit(f"error: loss is {loss_value} at step {step}; stopping without saving. Lower "
                                  f"learning_rate, check the data, or use bfloat16 instead of float16")
             losses.append((step, loss_value))
-            tokens_per_sec = tokens_per_step / seconds_per_step
-            utilization = mfu(flops_per_step / seconds_per_step, device)
+            tokens_per_sec = tokens_per_step / seconds_per_step  # all processes together
+            utilization = mfu(flops_per_step / seconds_per_step / world_size, device)  # per GPU
             if master:
                 mfu_text = f"{100 * utilization:.1f}%" if utilization is not None else "n/a"
                 print(f"step {step}: loss {loss_value:.4f}, lr {lr:.2e}, {1000 * seconds_per_step:.1f} ms/step, "
