@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU runs behind the figures in BENCHMARKS.md, one stage per argument:
+# The GPU runs still owed after 2026-11-25 (that day's figures in BENCHMARKS.md came from scripts/gpu_final.sh,
+# a one-call subset of these), one stage per argument:
 #   bash scripts/gpu_acceptance.sh core      # GPU tests, tinyshakespeare char to <= 1.47, eval report, HellaSwag timing,
 #                                            # triton-vs-sdpa loss curves
 #   bash scripts/gpu_acceptance.sh bench     # bench.py: training baseline vs fast, attention, inference
-#   bash scripts/gpu_acceptance.sh ddp       # 2 GPUs: torchrun DDP vs 1 GPU, same global batch
+#   bash scripts/gpu_acceptance.sh ddp       # 2 GPUs: torchrun DDP and FSDP2 vs 1 GPU, same global batch
 # Needs (copied in by whoever runs it, since a GPU box has no ../shared): $DATA/input.txt (tinyshakespeare),
 # $DATA/hellaswag_val.jsonl, $DATA/r50k_base.tiktoken. Logs and results go to $OUT (default ./gpu-out).
 set -uo pipefail
@@ -76,7 +77,7 @@ PY
 
 stage_bench() {
     stamp "bench"
-    python3 bench.py --mode=all --json="$OUT/bench.json" 2>&1 | tail -60
+    python3 bench.py --mode=all --compare=True --ablate=True --batch_sizes=16,32,64 --json="$OUT/bench.json" 2>&1 | tail -60
 }
 
 stage_ddp() {
@@ -88,6 +89,8 @@ stage_ddp() {
     python3 train.py $flags --out_dir=out-ddp1 2>&1 | grep -E "^step"
     stamp "2 GPUs, torchrun DDP"
     torchrun --standalone --nproc_per_node=2 train.py $flags --out_dir=out-ddp2 2>&1 | grep -E "^step|error"
+    stamp "2 GPUs, torchrun FSDP2"
+    torchrun --standalone --nproc_per_node=2 train.py $flags --parallel=fsdp --out_dir=out-fsdp2 2>&1 | grep -E "^step|error"
 }
 
 for stage in "$@"; do "stage_$stage" 2>&1 | tee "$OUT/$stage.log"; done
