@@ -91,6 +91,9 @@ def attend(q, k, v, mode, dropout_p=0.0):
             _warned_triton_dropout = True
         mode = "sdpa"
     if mode == "triton":
+        if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("attention='triton' needs a CUDA GPU; use attention='sdpa' on the CPU (the tests run "
+                             "the kernel on the CPU by starting Python with TRITON_INTERPRET=1)")
         from flash_attention import flash_attention  # imported lazily: CPU-only users never load triton
         return flash_attention(q, k, v, causal=True)
     if mode == "sdpa":

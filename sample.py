@@ -77,11 +77,12 @@ def main(config):
     torch.manual_seed(config["seed"])
     try:
         model, tokenizer, _ = load_model(config["model"], device, attention=config["attention"])
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (FileNotFoundError, KeyError) as e:
         raise SystemExit(f"error: {e}") from None
     if dtype != "float32":
         model.to(getattr(torch, dtype))
     prompt = read_prompt(config["start"])
+    tokenizer.encode(prompt)  # a prompt the vocabulary cannot spell fails here, before anything is printed
     generator = torch.Generator(device=device).manual_seed(config["seed"])
     for i in range(config["num_samples"]):
         sys.stdout.write(prompt)
@@ -94,4 +95,7 @@ def main(config):
 
 if __name__ == "__main__":
     from configurator import load_config
-    main(load_config(DEFAULTS, sys.argv[1:]))
+    try:
+        main(load_config(DEFAULTS, sys.argv[1:]))
+    except ValueError as e:  # e.g. a prompt character the model's vocabulary does not have
+        raise SystemExit(f"error: {e}") from None

@@ -13,6 +13,11 @@ def tiny_checkpoint(char_data_dir, tmp_path_factory):
     return str(out_dir)
 
 
+def tiny_vocabulary(out_dir):
+    from checkpoint import find_checkpoint, load_checkpoint
+    return load_checkpoint(find_checkpoint(out_dir))["tokenizer"]["chars"]
+
+
 def sample(model, *flags, check=True):
     return run_script(["sample.py", f"--model={model}", "--device=cpu", "--max_new_tokens=30", *flags], check=check)
 
@@ -46,3 +51,8 @@ def test_errors_are_one_line(tiny_checkpoint, tmp_path):
     assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith("error: no checkpoint at")
     result = sample(tiny_checkpoint, f"--start=FILE:{tmp_path}/nope.txt", check=False)
     assert result.returncode != 0 and "cannot read prompt file" in result.stderr.strip().splitlines()[-1]
+    result = sample(tiny_checkpoint, "--start=\u0298", check=False)  # not in the character vocabulary
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == ["error: character '\u0298' is not in this char tokenizer's "
+                                                  f"vocabulary ({len(tiny_vocabulary(tiny_checkpoint))} characters "
+                                                  "from the training data)"]

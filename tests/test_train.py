@@ -184,6 +184,10 @@ def test_bad_runs_fail_with_one_line(char_data_dir, tmp_path):
     assert result.returncode != 0 and "fewer than block_size" in result.stderr.strip().splitlines()[-1]
     result = run_script(train_flags(tmp_path / "nothing-here", tmp_path), check=False)
     assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith("error:")
+    result = run_script(train_flags(char_data_dir, tmp_path, "--attention=triton"), check=False,
+                        env={"TRITON_INTERPRET": ""})  # a CPU run, without the tests' interpreter switch
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error: attention='triton' needs a CUDA GPU")
 
 
 def test_in_training_hellaswag(tmp_path, char_data_dir):
