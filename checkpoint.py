@@ -41,8 +41,17 @@ def save_checkpoint(state, path):
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint we can read; the message names it."""
+
+
 def load_checkpoint(path, map_location="cpu"):
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated, foreign or corrupt files fail in many ways deep inside unpickling
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {first_line[:200]}); "
+                              f"point to a best.pt / last.pt written by train.py") from None
 
 
 def find_checkpoint(source, prefer="best"):

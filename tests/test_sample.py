@@ -51,6 +51,11 @@ def test_errors_are_one_line(tiny_checkpoint, tmp_path):
     assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith("error: no checkpoint at")
     result = sample(tiny_checkpoint, f"--start=FILE:{tmp_path}/nope.txt", check=False)
     assert result.returncode != 0 and "cannot read prompt file" in result.stderr.strip().splitlines()[-1]
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    result = sample(corrupt, check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {corrupt} is not a readable checkpoint")
     result = sample(tiny_checkpoint, "--start=\u0298", check=False)  # not in the character vocabulary
     assert result.returncode != 0 and result.stdout == ""
     assert result.stderr.strip().splitlines() == ["error: character '\u0298' is not in this char tokenizer's "
