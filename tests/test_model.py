@@ -93,11 +93,17 @@ def randomize(module):
             p.copy_(torch.randn_like(p) * 0.1 + (1.0 if p.dim() == 1 else 0.0) * torch.rand(()))
 
 
-def test_loads_hugging_face_gpt2(tmp_path):
+@pytest.mark.parametrize("safetensors", [True, False], ids=["model.safetensors", "pytorch_model.bin"])
+def test_loads_hugging_face_gpt2(tmp_path, safetensors):
     config = tiny_config()
     hf = hf_gpt2(config)
     randomize(hf)
-    hf.save_pretrained(tmp_path)
+    if safetensors:
+        hf.save_pretrained(tmp_path)
+    else:  # the older layout (recent transformers only writes safetensors): a pickled state dict
+        hf.config.save_pretrained(tmp_path)
+        torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    assert (tmp_path / ("model.safetensors" if safetensors else "pytorch_model.bin")).is_file()
     ours = GPT.from_hf_dir(str(tmp_path), attention="reference").eval()
     idx = torch.randint(0, config.vocab_size, (3, 20))
     with torch.no_grad():
