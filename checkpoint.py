@@ -6,6 +6,9 @@
 - `load_checkpoint(path)`: `torch.load(weights_only=True)`, so a checkpoint cannot run code.
 - `load_model(source, device)`: a model ready for inference from our checkpoint (a .pt file or
   an out_dir holding best.pt / last.pt) or from a Hugging Face GPT-2 directory.
+
+Export one of our checkpoints as a Hugging Face GPT-2 folder (config.json + model.safetensors):
+    python checkpoint.py --model=out-shakespeare-char --export_hf=hf-shakespeare-char
 """
 
 import os
@@ -91,3 +94,20 @@ def load_model(source, device="cpu", attention="auto"):
         tokenizer = load_tokenizer(checkpoint["tokenizer"])
     model.to(device).eval()
     return model, tokenizer, checkpoint
+
+
+if __name__ == "__main__":
+    import sys
+
+    from configurator import load_config
+    config = load_config({"model": "out", "export_hf": ""}, sys.argv[1:])
+    if not config["export_hf"]:
+        raise SystemExit("error: nothing to do; pass --export_hf=FOLDER to write the model as a Hugging Face GPT-2 folder")
+    try:
+        model, tokenizer, _ = load_model(config["model"])
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise SystemExit(f"error: {e}") from None
+    if tokenizer.name != "gpt2":
+        print(f"warning: the model uses the {tokenizer.name} tokenizer; Hugging Face tools will assume GPT-2's")
+    model.export_hf(config["export_hf"])
+    print(f"wrote {config['export_hf']}/config.json and model.safetensors")

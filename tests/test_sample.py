@@ -61,3 +61,15 @@ def test_errors_are_one_line(tiny_checkpoint, tmp_path):
     assert result.stderr.strip().splitlines() == ["error: character '\u0298' is not in this char tokenizer's "
                                                   f"vocabulary ({len(tiny_vocabulary(tiny_checkpoint))} characters "
                                                   "from the training data)"]
+
+
+def test_export_a_checkpoint_to_hugging_face(tiny_checkpoint, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import torch
+    from checkpoint import load_model
+    run_script(["checkpoint.py", f"--model={tiny_checkpoint}", f"--export_hf={tmp_path / 'hf'}"])
+    ours, _, _ = load_model(tiny_checkpoint)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
+    idx = torch.randint(0, ours.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, ours(idx)[0], rtol=1e-4, atol=1e-4)
