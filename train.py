@@ -408,7 +408,7 @@ def train(config):
     flops_per_step = raw_model.flops_per_token(config["block_size"]) * tokens_per_step
     t0 = run_start = time.time()
     while True:
-        resumed_here = step == start_step and config["init_from"] == "resume"
+        resumed_here = step == start_step and config["init_from"] == "resume" and not config["eval_only"]
         if (step % config["eval_interval"] == 0 or step == config["max_iters"]) and not resumed_here:
             # every process's RNG state goes into the checkpoint, so dropout continues exactly on resume
             all_rng_states = [rng_state(device)]
@@ -424,7 +424,6 @@ def train(config):
                     from eval import hellaswag_accuracy
                     accuracy = hellaswag_accuracy(raw_model, load_tokenizer(meta["tokenizer"]), hellaswag_items, device)
                     record.update({f"hellaswag_{k}": accuracy[k] for k in ("acc", "acc_norm", "acc_norm_chars")})
-                    raw_model.train()
                 print(f"step {step}: train loss {estimates['train']:.4f}, val loss {estimates['val']:.4f}"
                       + "".join(f", {k} {v:.4f}" for k, v in record.items() if k.startswith("hellaswag")))
                 log_metrics(record)
