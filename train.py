@@ -433,7 +433,7 @@ def train(config):
             names = ["best.pt"] if improved and step > 0 else []
             if step > 0 and (config["always_save_checkpoint"] or step == config["max_iters"]):
                 names.append("last.pt")
-            if names:
+            if names and not config["eval_only"]:
                 save(names, step)
             if world_size > 1:
                 torch.distributed.barrier()  # nobody runs ahead while rank 0 writes

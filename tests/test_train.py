@@ -81,6 +81,14 @@ def test_resume_is_exact(char_data_dir, tmp_path):
     for name, tensor in straight["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), name
     assert logged_losses(tmp_path / "straight") == logged_losses(tmp_path / "split")
+    # eval_only on a finished run: one more estimate, the same numbers, and the checkpoint left alone
+    mtime = os.path.getmtime(os.path.join(tmp_path / "split", "last.pt"))
+    run_script(train_flags(char_data_dir, tmp_path / "split", "--max_iters=8", "--init_from=resume", "--eval_only=True",
+                           *flags))
+    with open(os.path.join(tmp_path / "split", "metrics.jsonl")) as f:
+        evals = [r for r in map(json.loads, f) if r["type"] == "eval" and r["step"] == 8]
+    assert len(evals) == 2 and evals[0]["val_loss"] == evals[1]["val_loss"]
+    assert os.path.getmtime(os.path.join(tmp_path / "split", "last.pt")) == mtime
 
 
 def test_kill_during_training_then_resume(char_data_dir, tmp_path):
