@@ -509,3 +509,7 @@ if __name__ == "__main__":
         train(load_config(DEFAULTS, sys.argv[1:]))
     except (ValueError, FileNotFoundError) as e:  # PrepareError and TokenizerError included: bad input, one line
         raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:
+        # checkpoints are only ever complete files, so the last one is intact whenever the interrupt came
+        print("\ninterrupted: continue from the last checkpoint with --init_from=resume", file=sys.stderr)
+        raise SystemExit(130) from None
