@@ -215,3 +215,13 @@ def test_in_training_hellaswag(tmp_path, char_data_dir):
     result = run_script(train_flags(char_data_dir, tmp_path / "char", f"--hellaswag_path={items}"), check=False)
     assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith("error:")
     assert not os.path.exists(tmp_path / "char" / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mixed_precision_runs(char_data_dir, tmp_path, dtype):
+    """bf16 autocast, and fp16 with its GradScaler (whose state goes into the checkpoint), on the CPU."""
+    run_script(train_flags(char_data_dir, tmp_path, "--max_iters=3", "--eval_interval=3", f"--dtype={dtype}"))
+    checkpoint = load_checkpoint(os.path.join(tmp_path, "last.pt"))
+    assert checkpoint["step"] == 3
+    assert (checkpoint["scaler"] is not None) == (dtype == "float16")
+    assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
