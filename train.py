@@ -303,7 +303,8 @@ def train(config):
 
     device, dtype = resolve_device_and_dtype(config["device"], config["dtype"])
     rank, local_rank, world_size, device = setup_distributed(device)
-    torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls on GPUs that have them
+    if device.startswith("cuda"):
+        torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls, as nanoGPT
     master = rank == 0
     if config["gradient_accumulation_steps"] % world_size != 0:
         raise SystemExit(f"error: gradient_accumulation_steps={config['gradient_accumulation_steps']} must be divisible "
