@@ -331,6 +331,8 @@ def train(config):
         print("warning: the global batch differs from the checkpoint's; the resumed run will not match an uninterrupted one")
     if model.config.block_size < config["block_size"]:
         raise SystemExit(f"error: block_size={config['block_size']} exceeds the model's {model.config.block_size}")
+    if master:
+        print(f"model: {model.num_params() / 1e6:.2f}M parameters (position embeddings not counted)")
     model.to(device).train()
     torch.manual_seed(config["seed"] + rank)  # different dropout masks on each process
 
