@@ -49,6 +49,8 @@ from datetime import datetime, timezone
 import torch
 import torch.nn.functional as F
 
+from configurator import config_from_globals
+
 # -----------------------------------------------------------------------------
 # config defaults; config/*.py files and --key=value flags override them
 mode = "train"  # 'train', 'attention', 'inference', 'sizing', or 'all' (train, attention, inference, then sizing)
@@ -104,8 +106,7 @@ days = 7.0  # the budget for "what does it train": gpus x days
 mfu = 0.0  # 0 = the MFU the train benchmark measured in this run, else 0.4
 gpu_peak_flops = 0.0  # per GPU; 0 = this GPU's (model.peak_flops), else an H100 SXM's 989e12 (dense bf16)
 tokens_per_sec = 0.0  # per GPU, for the model above; 0 = measured by the train benchmark in this run, if any
-DEFAULTS = {k: v for k, v in globals().items()
-            if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))}
+DEFAULTS = config_from_globals(globals())
 # -----------------------------------------------------------------------------
 
 MODES = ("train", "attention", "inference", "sizing", "all")
@@ -327,6 +328,7 @@ def measure_training(settings, device, dtype):
     """Time `timed_steps` optimizer steps of a fresh model built from `settings`, after `warmup_steps` untimed
     ones. Returns a flat dict of measurements (see the module docstring for what each one means)."""
     from model import mfu
+    from train import autocast_context
     B, T, accumulation = settings["batch_size"], settings["block_size"], settings["gradient_accumulation_steps"]
     torch.manual_seed(settings["seed"])
     model = build_model(settings).to(device).train()
@@ -334,7 +336,7 @@ def measure_training(settings, device, dtype):
     compiled = settings["compile"]
     step_model = torch.compile(model, mode=settings["compile_mode"]) if compiled else model
     device_type = torch.device(device).type
-    autocast = torch.autocast(device_type, dtype=getattr(torch, dtype)) if dtype != "float32" else nullcontext()
+    autocast = autocast_context(device, dtype)
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
     cudagraphs = compiled and settings["compile_mode"] in ("reduce-overhead", "max-autotune")
     synthetic = SyntheticBatches(model.config.vocab_size, B, T, accumulation, settings["seed"], device)

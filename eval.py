@@ -56,13 +56,13 @@ import os
 import re
 import sys
 import time
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from checkpoint import atomic_write
+from configurator import config_from_globals
 
 # -----------------------------------------------------------------------------
 # config defaults; config/*.py files and --key=value flags override them
@@ -86,7 +86,7 @@ attention = "sdpa"  # torch's attention: no per-shape kernel compilation, and in
 # (the one under test in training); 'auto' / 'triton' / 'reference' as in model.py
 report_dir = ""  # '' = the checkpoint's out_dir (eval-<name> for a Hugging Face folder)
 progress = True  # tqdm progress bars
-DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
+DEFAULTS = config_from_globals(globals())
 # -----------------------------------------------------------------------------
 
 TASKS = ("loss", "hellaswag", "lambada")
@@ -139,12 +139,8 @@ class EvalError(ValueError):
 
 def autocast_context(device, dtype=None):
     """bf16 autocast on CUDA by default (as training runs); float32 elsewhere or when asked."""
-    device_type = torch.device(device).type
-    if dtype is None:
-        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
-    if dtype == "float32":
-        return nullcontext()
-    return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
+    from train import autocast_context as train_autocast, resolve_device_and_dtype
+    return train_autocast(device, resolve_device_and_dtype(device, dtype or "auto")[1])
 
 
 def _progress(iterable, enabled, desc, total=None):

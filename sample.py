@@ -11,6 +11,8 @@ import sys
 
 import torch
 
+from configurator import config_from_globals
+
 # -----------------------------------------------------------------------------
 model = "out"  # checkpoint file, out_dir, or Hugging Face GPT-2 folder
 start = "\n"  # the prompt; FILE:path reads it from a file
@@ -24,7 +26,7 @@ device = "auto"
 dtype = "auto"  # 'auto' (bfloat16 on CUDA where supported, else float32), 'float32', 'bfloat16', 'float16'
 attention = "auto"
 use_cache = True  # KV cache: each new token costs one position's work
-DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
+DEFAULTS = config_from_globals(globals())
 # -----------------------------------------------------------------------------
 
 

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from configurator import config_from_globals
+
 # -----------------------------------------------------------------------------
 # config defaults: the 124M GPT-2 on 8 GPUs; config/*.py files and --key=value flags override them
 # I/O
@@ -71,7 +73,7 @@ compile = True  # torch.compile the model
 parallel = "ddp"  # with several processes: 'ddp' (a full copy per GPU) or 'fsdp' (FSDP2: weights, gradients and
                   # optimizer state sharded across GPUs, for models whose training state does not fit one GPU)
 seed = 1337
-DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (int, float, bool, str))}
+DEFAULTS = config_from_globals(globals())
 # -----------------------------------------------------------------------------
 
 
@@ -98,6 +100,13 @@ def resolve_device_and_dtype(device, dtype):
     if dtype not in ("float32", "bfloat16", "float16"):
         raise SystemExit(f"error: dtype must be float32, bfloat16 or float16, got {dtype!r}")
     return device, dtype
+
+
+def autocast_context(device, dtype):
+    """Mixed precision for the forward pass: autocast to dtype ('bfloat16'/'float16'), or nothing for 'float32'."""
+    if dtype == "float32":
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=getattr(torch, dtype))
 
 
 def get_lr(step, config):
@@ -376,8 +385,7 @@ def train(config):
     if world_size > 1 and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[local_rank] if device.startswith("cuda") else None)
-    autocast = torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype)) \
-        if dtype != "float32" else nullcontext()
+    autocast = autocast_context(device, dtype)
 
     hellaswag_items = None
     if config["hellaswag_path"] and master:
