@@ -390,8 +390,9 @@ def train(config):
     hellaswag_items = None
     if config["hellaswag_path"] and master:
         from eval import hellaswag_requests, load_hellaswag
+        tokenizer = load_tokenizer(meta["tokenizer"])
         hellaswag_items = load_hellaswag(config["hellaswag_path"], limit=config["hellaswag_limit"])
-        hellaswag_requests(hellaswag_items, load_tokenizer(meta["tokenizer"]))  # a char vocabulary fails here, not mid-run
+        hellaswag_requests(hellaswag_items, tokenizer)  # a vocabulary that cannot spell the items fails here, not mid-run
 
     metrics_file = open(os.path.join(config["out_dir"], "metrics.jsonl"), "a", buffering=1) if master else None
 
@@ -434,7 +435,7 @@ def train(config):
                           "elapsed_s": time.time() - run_start}
                 if hellaswag_items is not None:
                     from eval import hellaswag_accuracy
-                    accuracy = hellaswag_accuracy(raw_model, load_tokenizer(meta["tokenizer"]), hellaswag_items, device)
+                    accuracy = hellaswag_accuracy(raw_model, tokenizer, hellaswag_items, device)
                     record.update({f"hellaswag_{k}": accuracy[k] for k in ("acc", "acc_norm", "acc_norm_chars")})
                 print(f"step {step}: train loss {estimates['train']:.4f}, val loss {estimates['val']:.4f}"
                       + "".join(f", {k} {v:.4f}" for k, v in record.items() if k.startswith("hellaswag")))
