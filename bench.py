@@ -84,6 +84,7 @@ grad_clip = 1.0  # as train.py: clipping is part of a real step
 warmup_steps = 3  # untimed steps first; compilation happens in the first
 timed_steps = 20
 data_dir = ""  # a prepare.py folder: real tokens through train.py's loader (and its stall measured); '' = random
+profile = False  # train, CUDA: after timing, profile 2 steps and print the GPU kernels that took the most time
 # the fast variant (--compare) and the levers (--ablate)
 fast_attention = "triton"
 fast_compile_mode = "default"
@@ -377,12 +378,33 @@ def measure_training(settings, device, dtype):
         "warmup_seconds": warmup_seconds, "first_loss": first_loss, "last_loss": last_loss[0].item(),
         "data": "real" if loader else "synthetic",
     }
+    if settings["profile"] and is_cuda(device):
+        result["profile"] = profile_steps(lambda: step(source), 2)
+        print(result["profile"], flush=True)
     if loader:
         synthetic_ms, _ = time_steps(lambda: step(synthetic), settings["timed_steps"], device)
         result.update(host_data_ms_per_step=1000 * loader.host_seconds / settings["timed_steps"],
                       synthetic_ms_per_step=statistics.median(synthetic_ms),
                       loader_stall_ms_per_step=median_ms - statistics.median(synthetic_ms))
     return result
+
+
+def profile_steps(run_step, n_steps, rows=25):
+    """The GPU kernels that took the most time over n_steps steps, as torch.profiler's table (per-step times)."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        for _ in range(n_steps):
+            run_step()
+        torch.cuda.synchronize()
+    events = [e for e in profiler.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    events.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    total_us = sum(e.self_device_time_total for e in events) / n_steps
+    lines = [f"GPU time per step {total_us / 1000:.2f} ms, by kernel (ms per step, share, calls per step):"]
+    for e in events[:rows]:
+        us = e.self_device_time_total / n_steps
+        lines.append(f"  {us / 1000:7.3f} ms {100 * us / total_us:5.1f}% {e.count // n_steps:4d}x  {e.key[:110]}")
+    return "\n".join(lines)
 
 
 def resolved_attention(attention, device):
