@@ -707,11 +707,14 @@ def ours_generate(model, use_cache):
     return generate
 
 
-def transformers_generate(model, folder, device, dtype):
-    """Our weights exported to a Hugging Face folder and loaded into transformers' GPT2LMHeadModel."""
+def transformers_generate(model, folder, device, dtype, attention):
+    """Our weights exported to a Hugging Face folder and loaded into transformers' GPT2LMHeadModel, with its
+    attention implementation `attention` ('sdpa' is its default, 'eager' its plain-math one)."""
     from transformers import GPT2LMHeadModel
-    model.export_hf(folder)
-    hf_model = GPT2LMHeadModel.from_pretrained(folder).to(device=device, dtype=getattr(torch, dtype)).eval()
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        model.export_hf(folder)
+    hf_model = GPT2LMHeadModel.from_pretrained(folder, attn_implementation=attention)
+    hf_model = hf_model.to(device=device, dtype=getattr(torch, dtype)).eval()
     eos = hf_model.generation_config.eos_token_id
     if eos is not None and eos >= hf_model.config.vocab_size:  # tiny test vocabularies: no end-of-text token at all
         hf_model.generation_config.eos_token_id = None
@@ -757,11 +760,14 @@ def bench_inference(config, device, dtype, results):
                        ("ours (no cache)", ours_generate(model, False))]
     notes, folder = [], tempfile.TemporaryDirectory()
     if config["transformers_compare"]:
-        try:
-            implementations.append(("transformers", transformers_generate(model, folder.name, device, dtype)))
-        except Exception as error:  # not installed, or a version that cannot load the export: say so, go on
-            notes.append(f"transformers comparison skipped: {type(error).__name__}: {error}")
-            print(notes[-1], flush=True)
+        # both of transformers' attention paths: its default (SDPA) decodes slowly where SDPA picks cuDNN, which
+        # plans anew for every key length (see model.cached_attention); 'eager' is the fair comparison there
+        for attention, name in (("sdpa", "transformers"), ("eager", "transformers (eager)")):
+            try:
+                implementations.append((name, transformers_generate(model, folder.name, device, dtype, attention)))
+            except Exception as error:  # not installed, or a version that cannot load the export: say so, go on
+                notes.append(f"{name} comparison skipped: {type(error).__name__}: {error}")
+                print(notes[-1], flush=True)
     rows, ratios = [], []
     for size in sizes:
         outputs, rates = {}, {}
@@ -780,7 +786,8 @@ def bench_inference(config, device, dtype, results):
                   flush=True)
         ratio = {"batch_size": size}
         cached = outputs.get("ours (KV cache)")
-        for other, key in (("ours (no cache)", "cache_vs_no_cache"), ("transformers", "vs_transformers")):
+        for other, key in (("ours (no cache)", "cache_vs_no_cache"), ("transformers", "vs_transformers"),
+                           ("transformers (eager)", "vs_transformers_eager")):
             if cached is not None and other in outputs:
                 ratio[key] = rates["ours (KV cache)"] / rates[other]
                 # greedy decoding of the same weights: how many leading tokens come out identical (in bf16 a near
@@ -862,7 +869,8 @@ def report_inference(inference):
     for r in inference["ratios"]:
         text += f"\nbatch {r['batch_size']}: decode with the KV cache " + ", ".join(
             f"{r[key]:.2f}x {name} (same first {r[key + '_same_tokens']} tokens)"
-            for key, name in (("cache_vs_no_cache", "no cache"), ("vs_transformers", "transformers")) if key in r)
+            for key, name in (("cache_vs_no_cache", "no cache"), ("vs_transformers", "transformers"),
+                              ("vs_transformers_eager", "transformers (eager)")) if key in r)
     return text + "".join(f"\n{note}" for note in inference["notes"])
 
 

@@ -135,13 +135,10 @@ class CausalSelfAttention(nn.Module):
             y = attend(q, k, v, self.attention, self.dropout if self.training else 0.0)
         else:
             k, v = kv_cache.update(k, v, start_pos)
-            if start_pos == 0:
+            if isinstance(start_pos, int) and start_pos == 0:
                 y = attend(q, k, v, self.attention)  # prefill: ordinary causal attention
-            elif T == 1:
-                # one new token sees every cached key: no mask, and decode is memory-bound anyway
-                y = F.scaled_dot_product_attention(q, k, v)
             else:
-                y = reference_attention(q, k, v, causal=True)
+                y = cached_attention(q, k, v, start_pos)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -171,6 +168,21 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def cached_attention(q, k, v, start_pos):
+    """Attention of T new queries at positions start_pos.. over cached keys 0..L-1; each query sees the keys at or
+    before its own position (keys past it are the new ones to its right, or cache slots not yet filled).
+
+    Plain math rather than SDPA: decoding is a few queries against many keys, memory-bound either way, and SDPA's
+    cuDNN backend (its choice on an H100 with torch 2.11) builds a new plan for every new key length, which made
+    each decoding step about 50 ms for GPT-2 small (bench.py --mode=inference, 2026-11-25)."""
+    T, L = q.size(-2), k.size(-2)
+    query_pos = start_pos + torch.arange(T, device=q.device)
+    visible = torch.arange(L, device=q.device)[None, :] <= query_pos[:, None]
+    scores = (q @ k.transpose(-2, -1)) * (q.size(-1) ** -0.5)
+    scores = scores.masked_fill(~visible, float("-inf"))
+    return F.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+
+
 class KVCache:
     """Keys and values of one layer for positions already seen, preallocated to `max_len`."""
 
@@ -180,10 +192,51 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
 
     def update(self, k, v, start_pos):
+        """Store k, v at positions start_pos.. and return the keys and values to attend to. With an int start_pos
+        that is the filled prefix. With a tensor start_pos (a CUDA graph replays fixed shapes, so the position
+        must be data, not shape) it is the whole buffer; cached_attention masks the slots past each query."""
+        if torch.is_tensor(start_pos):
+            positions = start_pos + torch.arange(k.size(2), device=k.device)
+            self.k.index_copy_(2, positions, k)
+            self.v.index_copy_(2, positions, v)
+            return self.k, self.v
         end = start_pos + k.size(2)
         self.k[:, :, start_pos:end] = k
         self.v[:, :, start_pos:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class CUDAGraphDecoder:
+    """One decoding step (one new token per row) recorded once as a CUDA graph, then replayed for every token.
+
+    At batch 1 a GPT-2 small step is a few hundred tiny kernels; launching them one at a time from Python takes
+    longer than running them. A replay launches all of them at once. The inputs live in fixed buffers (`token`,
+    `position`) that each step overwrites, and the output is the same `logits` tensor every time.
+    """
+
+    def __init__(self, model, caches, token, position):
+        self.token = token.clone()
+        self.position = torch.tensor([position], device=token.device)
+
+        def step():
+            return model(self.token, kv_caches=caches, start_pos=self.position)[0]
+
+        # one eager run first, on a side stream as CUDA graph capture requires (it sets up cuBLAS workspaces and
+        # the like); it writes the same cache slot, with the same values, as the replay below
+        side = torch.cuda.Stream(token.device)
+        side.wait_stream(torch.cuda.current_stream(token.device))
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream(token.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = step()
+
+    def __call__(self, token, position):
+        self.token.copy_(token)
+        self.position.fill_(position)
+        self.graph.replay()
+        return self.logits
 
 
 class GPT(nn.Module):
@@ -229,9 +282,9 @@ class GPT(nn.Module):
         to sit at positions start_pos.. and the caches are filled as a side effect.
         """
         B, T = idx.size()
-        if start_pos + T > self.config.block_size:
+        if not torch.is_tensor(start_pos) and start_pos + T > self.config.block_size:
             raise ValueError(f"sequence of length {start_pos + T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start_pos, start_pos + T, dtype=torch.long, device=idx.device)
+        pos = start_pos + torch.arange(T, dtype=torch.long, device=idx.device)  # start_pos: int or 1-element tensor
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if kv_caches is None else kv_caches[i], start_pos)
@@ -269,18 +322,18 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 eot_token=None, use_cache=True, generator=None):
+                 eot_token=None, use_cache=True, generator=None, cuda_graph=True):
         """Yield (B, 1) tensors of new tokens, one per step, so callers can stream them.
 
         temperature 0 is greedy decoding. Generation stops early once every row has produced
-        `eot_token`. With `use_cache` each step runs the model on one new position only; past
-        `block_size` tokens it falls back to recomputing the last block_size positions, which is
-        exactly what the uncached path does.
+        `eot_token`. With `use_cache` each step runs the model on one new position only (on a GPU
+        as a replayed CUDA graph, unless cuda_graph=False); past `block_size` tokens it falls back to
+        recomputing the last block_size positions, which is exactly what the uncached path does.
         """
         B = idx.size(0)
         block_size = self.config.block_size
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        caches, cached_len = None, 0
+        caches, cached_len, decoder = None, 0, None
         for _ in range(max_new_tokens):
             if use_cache and idx.size(1) <= block_size:
                 if caches is None:
@@ -288,7 +341,12 @@ class GPT(nn.Module):
                     dtype = self.transformer.wte.weight.dtype
                     caches = [KVCache(B, self.config.n_head, block_size, head_dim, idx.device, dtype)
                               for _ in range(self.config.n_layer)]
-                logits, _ = self(idx[:, cached_len:], kv_caches=caches, start_pos=cached_len)
+                if cached_len > 0 and idx.is_cuda and cuda_graph:
+                    if decoder is None:
+                        decoder = CUDAGraphDecoder(self, caches, idx[:, -1:], cached_len)
+                    logits = decoder(idx[:, -1:], cached_len)
+                else:
+                    logits, _ = self(idx[:, cached_len:], kv_caches=caches, start_pos=cached_len)
                 cached_len = idx.size(1)
             else:
                 logits, _ = self(idx[:, -block_size:])

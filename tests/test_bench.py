@@ -164,11 +164,13 @@ def test_all_modes_with_compare_and_ablation(tmp_path):
 
     inference = results["inference"]
     implementations = {(r["batch_size"], r["implementation"]) for r in inference["rows"]}
-    assert implementations == {(b, i) for b in (1, 2) for i in ("ours (KV cache)", "ours (no cache)", "transformers")}
+    assert implementations == {(b, i) for b in (1, 2) for i in ("ours (KV cache)", "ours (no cache)", "transformers",
+                                                                 "transformers (eager)")}
     for ratio in inference["ratios"]:
         assert ratio["cache_vs_no_cache"] > 0 and ratio["vs_transformers"] > 0
         # greedy decoding of identical float32 weights: the cache and transformers give the same tokens
         assert ratio["cache_vs_no_cache_same_tokens"] == 12 and ratio["vs_transformers_same_tokens"] == 12
+        assert ratio["vs_transformers_eager_same_tokens"] == 12
 
     assert results["sizing"]["mfu_source"] == "assumed"  # a CPU has no MFU
     assert results["sizing"]["tokens_per_sec_source"] == "measured"

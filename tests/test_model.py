@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from model import GPT, GPTConfig, reference_attention, sample_next_token, peak_flops, mfu
+from model import GPT, GPTConfig, KVCache, reference_attention, sample_next_token, peak_flops, mfu
 
 
 def tiny_config(**overrides):
@@ -134,6 +134,34 @@ def test_kv_cache_generates_the_same_tokens(temperature):
         tokens = list(model.generate(prompt, 40, temperature=temperature, use_cache=use_cache, generator=generator))
         results.append(torch.cat(tokens, dim=1))
     assert results[0].shape == (2, 40)
+    assert torch.equal(results[0], results[1])
+
+
+def test_decode_step_with_tensor_position_matches_full_forward():
+    # the CUDA-graph decoder's path: position as a tensor, attention over the whole cache buffer with the unfilled
+    # slots masked. Its logits for each new token must equal those of a full forward over the sequence so far.
+    model = GPT(tiny_config()).eval()
+    randomize(model)
+    config = model.config
+    idx = torch.randint(0, 97, (3, 20))
+    caches = [KVCache(3, config.n_head, config.block_size, config.n_embd // config.n_head, "cpu", torch.float32)
+              for _ in range(config.n_layer)]
+    with torch.no_grad():
+        model(idx[:, :8], kv_caches=caches, start_pos=0)  # prefill
+        for position in range(8, 20):
+            step_logits, _ = model(idx[:, position:position + 1], kv_caches=caches, start_pos=torch.tensor([position]))
+            full_logits, _ = model(idx[:, :position + 1])
+            torch.testing.assert_close(step_logits[:, 0], full_logits[:, -1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_cuda_graph_decoding_matches_eager(batch_size):
+    model = GPT(tiny_config()).cuda().eval()
+    randomize(model)
+    prompt = torch.randint(0, 97, (batch_size, 5), device="cuda")
+    results = [torch.cat(list(model.generate(prompt, 40, temperature=0.0, cuda_graph=graph)), dim=1)
+               for graph in (True, False)]
     assert torch.equal(results[0], results[1])
 
 
