@@ -268,7 +268,7 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, Delta, qk_scale, sm_scale,
               stride_kb, stride_kh, stride_kt, stride_kd,
               stride_vb, stride_vh, stride_vt, stride_vd,
               stride_dob, stride_doh, stride_dot, stride_dod,
-              stride_gb, stride_gh, stride_gt, stride_gd,  # dq, dk, dv: allocated contiguous, same shape, same strides
+              stride_gb, stride_gh, stride_gt, stride_gd,  # dq, dk, dv: allocated alike, so one set of strides
               H, T,
               HEAD_DIM: tl.constexpr, BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr,
               BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr, CAUSAL: tl.constexpr,
@@ -395,6 +395,15 @@ def _new_output(shape, like, dtype=None):
     return torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
 
 
+def _new_output_like(q):
+    """A (B, H, T, D) tensor stored as (B, T, H, D). In a GPT, q, k and v are (B, H, T, D) views of the (B, T, 3C)
+    projection, and the model turns the output back into (B, T, C): stored this way, that transpose is free instead
+    of a copy (SDPA's kernels do the same). Always this layout, whatever q's strides: torch.compile plans memory from
+    the fake implementations below, which must promise exactly the strides the real kernels produce."""
+    B, H, T, D = q.shape
+    return _new_output((B, T, H, D), q).transpose(1, 2)
+
+
 _POISON_OUTPUTS = False
 
 
@@ -402,7 +411,7 @@ def _forward(q, k, v, causal, softmax_scale, config=None):
     """Launch the forward kernel. Returns out (B, H, T, D) contiguous and lse (B, H, T) fp32, base 2."""
     B, H, T, D = q.shape
     block_m, block_n, num_warps, num_stages = (config or _config(D, q.dtype, q.device))["fwd"]
-    out = _new_output((B, H, T, D), q)
+    out = _new_output_like(q)
     lse = _new_output((B, H, T), q, torch.float32)
     if B * H * T == 0:
         return out, lse
@@ -416,12 +425,10 @@ def _forward(q, k, v, causal, softmax_scale, config=None):
 
 
 def _backward(dout, q, k, v, out, lse, causal, softmax_scale, config=None):
-    """Launch the delta preprocess and the backward kernel. Returns dq, dk, dv, contiguous."""
+    """Launch the delta preprocess and the backward kernel. Returns dq, dk, dv, laid out in memory as q is."""
     B, H, T, D = q.shape
     block_m1, block_n1, block_m2, block_n2, num_warps, num_stages = (config or _config(D, q.dtype, q.device))["bwd"]
-    dq = _new_output((B, H, T, D), q)
-    dk = _new_output((B, H, T, D), q)
-    dv = _new_output((B, H, T, D), q)
+    dq, dk, dv = _new_output_like(q), _new_output_like(q), _new_output_like(q)
     if B * H * T == 0:
         return dq, dk, dv
     delta = _new_output((B, H, T), q, torch.float32)
@@ -449,10 +456,12 @@ def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     return _forward(q, k, v, causal, softmax_scale)
 
 
+# The fake implementations promise the real outputs' shapes and strides. torch.compile's on-disk cache does not see
+# edits to them: after changing one, delete the cache (/tmp/torchinductor_$USER) or it replays the old promise.
 @flash_attention_forward.register_fake
 def _(q, k, v, causal, softmax_scale):
     B, H, T, D = q.shape
-    return q.new_empty((B, H, T, D)), q.new_empty((B, H, T), dtype=torch.float32)
+    return _new_output_like(q), q.new_empty((B, H, T), dtype=torch.float32)
 
 
 @torch.library.custom_op("gpt::flash_attention_backward", mutates_args=())
@@ -464,8 +473,7 @@ def flash_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tenso
 
 @flash_attention_backward.register_fake
 def _(dout, q, k, v, out, lse, causal, softmax_scale):
-    B, H, T, D = q.shape
-    return q.new_empty((B, H, T, D)), q.new_empty((B, H, T, D)), q.new_empty((B, H, T, D))
+    return _new_output_like(q), _new_output_like(q), _new_output_like(q)
 
 
 def _setup_context(ctx, inputs, output):
