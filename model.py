@@ -291,8 +291,8 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is not None and self.config.fused_loss and torch.is_grad_enabled():
             # training: the loss and its gradients chunk by chunk; no full logits exist (None is returned)
-            weight = self.lm_head.weight[: self.config.vocab_size]
-            loss = FusedLinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), weight, targets.reshape(-1))
+            loss = FusedLinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),
+                                                 self.config.vocab_size)
             return None, loss
         # the padded rows of the vocabulary are never a valid answer: drop them from the logits
         logits = self.lm_head(x)[..., : self.config.vocab_size]
@@ -442,35 +442,37 @@ class GPT(nn.Module):
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * seq_len
 
 
-FUSED_LOSS_CHUNK_ROWS = 4096  # rows of logits alive at once: 4096 x 50257 fp32 is 0.8 GB
+FUSED_LOSS_CHUNK_ROWS = 4096  # rows of logits alive at once: 4096 x 50304 in bf16 is 0.4 GB
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
-    """mean cross-entropy of (x @ weight^T) against targets (-1 = ignore), in chunks of rows.
+    """mean cross-entropy of (x @ weight^T)[:, :vocab_size] against targets (-1 = ignore), in chunks of rows.
 
-    The output layer's logits are the largest tensor in a GPT-2 step (tokens x 50257, and an fp32
-    copy for the softmax). Here each chunk's logits are made, turned into its share of the loss
-    *and of the gradients* (d loss / d logits = softmax - one_hot), and dropped at once; backward
-    only scales the stored gradients. Same FLOPs as the plain path, a fraction of the memory.
+    The output layer's logits are the largest tensor in a GPT-2 step (tokens x 50304). Here each chunk's logits
+    are made, turned into its share of the loss *and of the gradients* (d loss / d logits = softmax - one_hot), and
+    dropped at once; backward only scales the stored gradients. Same FLOPs as the plain path, a fraction of the
+    memory. The matrix products use the whole padded weight (a multiple of 64 rows: fast tensor-core tiles); the
+    padding columns are masked out of the softmax instead of sliced off, which would cost a copy.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, targets):
+    def forward(ctx, x, weight, targets, vocab_size):
         dtype = torch.get_autocast_dtype("cuda" if x.is_cuda else "cpu") if torch.is_autocast_enabled() else x.dtype
         x_c, w_c = x.to(dtype), weight.to(dtype)
         valid = targets != -1
         count = valid.sum().clamp(min=1)
+        columns = torch.arange(weight.size(0), device=x.device)
         grad_x = torch.empty_like(x)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         for start in range(0, x.size(0), FUSED_LOSS_CHUNK_ROWS):
             rows = slice(start, start + FUSED_LOSS_CHUNK_ROWS)
-            logits = (x_c[rows] @ w_c.t()).float()
+            logits = (x_c[rows] @ w_c.t()).float().masked_fill(columns >= vocab_size, float("-inf"))
             target, keep = targets[rows].clamp(min=0), valid[rows]
             log_z = torch.logsumexp(logits, dim=-1)
             total += ((log_z - logits.gather(1, target[:, None])[:, 0]) * keep).sum()
-            grad_logits = torch.exp(logits - log_z[:, None])  # softmax
-            grad_logits.scatter_add_(1, target[:, None], -torch.ones_like(log_z)[:, None])
+            probs = torch.exp(logits - log_z[:, None])  # softmax; 0 in the padding columns
+            grad_logits = torch.where(columns == target[:, None], probs - 1, probs)
             grad_logits = (grad_logits * (keep[:, None] / count)).to(dtype)
             grad_x[rows] = grad_logits @ w_c
             grad_w += grad_logits.t().float() @ x_c[rows].float() if dtype == torch.float32 else \
@@ -481,7 +483,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_loss, grad_w * grad_loss, None
+        return grad_x * grad_loss, grad_w * grad_loss, None, None
 
 
 def _read_hf_weights(path):
