@@ -701,9 +701,9 @@ def inference_model(config, device, dtype):
     return model.to(dtype=getattr(torch, dtype)).eval()
 
 
-def ours_generate(model, use_cache):
+def ours_generate(model, use_cache, compile=False):
     def generate(prompt, n):
-        return torch.cat(list(model.generate(prompt, n, temperature=0.0, use_cache=use_cache)), dim=1)
+        return torch.cat(list(model.generate(prompt, n, temperature=0.0, use_cache=use_cache, compile=compile)), dim=1)
     return generate
 
 
@@ -756,8 +756,13 @@ def bench_inference(config, device, dtype, results):
     sizes = as_int_tuple(config["inference_batch_sizes"], "inference_batch_sizes") \
         if config["inference_batch_sizes"] is not None else (1, 16)
     model = inference_model(config, device, dtype)
-    implementations = [("ours (KV cache)", ours_generate(model, True)),
-                       ("ours (no cache)", ours_generate(model, False))]
+    # on a GPU the cached step is a replayed CUDA graph, of the torch.compiled step when compile=True (compiled in
+    # the warm-up, untimed); the uncompiled graph is timed too, to show what compiling it is worth
+    compiled = config["compile"] and is_cuda(device)
+    implementations = [("ours (KV cache)", ours_generate(model, True, compile=compiled))]
+    if compiled:
+        implementations.append(("ours (KV cache, no compile)", ours_generate(model, True)))
+    implementations.append(("ours (no cache)", ours_generate(model, False)))
     notes, folder = [], tempfile.TemporaryDirectory()
     if config["transformers_compare"]:
         # both of transformers' attention paths: its default (SDPA) decodes slowly where SDPA picks cuDNN, which
@@ -781,7 +786,7 @@ def bench_inference(config, device, dtype, results):
             row["implementation"] = name
             rates[name] = row["decode_tokens_per_sec"]
             rows.append(row)
-            print(f"  batch {size:>3} {name:<16} prefill {row['prefill_tokens_per_sec']:>12,.0f} tokens/s   "
+            print(f"  batch {size:>3} {name:<27} prefill {row['prefill_tokens_per_sec']:>12,.0f} tokens/s   "
                   f"decode {row['decode_tokens_per_sec']:>10,.0f} tokens/s ({row['decode_ms_per_step']:.2f} ms/step)",
                   flush=True)
         ratio = {"batch_size": size}

@@ -206,6 +206,16 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
+def _decode_step(model, token, caches, position):
+    return model(token, kv_caches=caches, start_pos=position)[0]
+
+
+# torch.compile fuses each layer's small operations (layer norms, GELU, residual adds, the attention over the cache)
+# into a few kernels, and a replayed step costs about as much as the kernels in it. Compiled on first use, once per
+# model and batch size; the graph records the compiled kernels like any others.
+_compiled_decode_step = torch.compile(_decode_step, dynamic=False)
+
+
 class CUDAGraphDecoder:
     """One decoding step (one new token per row) recorded once as a CUDA graph, then replayed for every token.
 
@@ -214,12 +224,13 @@ class CUDAGraphDecoder:
     `position`) that each step overwrites, and the output is the same `logits` tensor every time.
     """
 
-    def __init__(self, model, caches, token, position):
+    def __init__(self, model, caches, token, position, compile=False):
         self.token = token.clone()
         self.position = torch.tensor([position], device=token.device)
+        decode_step = _compiled_decode_step if compile else _decode_step
 
         def step():
-            return model(self.token, kv_caches=caches, start_pos=self.position)[0]
+            return decode_step(model, self.token, caches, self.position)
 
         # one eager run first, on a side stream as CUDA graph capture requires (it sets up cuBLAS workspaces and
         # the like); it writes the same cache slot, with the same values, as the replay below
@@ -322,13 +333,14 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 eot_token=None, use_cache=True, generator=None, cuda_graph=True):
+                 eot_token=None, use_cache=True, generator=None, cuda_graph=True, compile=False):
         """Yield (B, 1) tensors of new tokens, one per step, so callers can stream them.
 
         temperature 0 is greedy decoding. Generation stops early once every row has produced
         `eot_token`. With `use_cache` each step runs the model on one new position only (on a GPU
-        as a replayed CUDA graph, unless cuda_graph=False); past `block_size` tokens it falls back to
-        recomputing the last block_size positions, which is exactly what the uncached path does.
+        as a replayed CUDA graph, unless cuda_graph=False, and with compile=True a graph of the
+        torch.compiled step); past `block_size` tokens it falls back to recomputing the last
+        block_size positions, which is exactly what the uncached path does.
         """
         B = idx.size(0)
         block_size = self.config.block_size
@@ -343,7 +355,7 @@ class GPT(nn.Module):
                               for _ in range(self.config.n_layer)]
                 if cached_len > 0 and idx.is_cuda and cuda_graph:
                     if decoder is None:
-                        decoder = CUDAGraphDecoder(self, caches, idx[:, -1:], cached_len)
+                        decoder = CUDAGraphDecoder(self, caches, idx[:, -1:], cached_len, compile)
                     logits = decoder(idx[:, -1:], cached_len)
                 else:
                     logits, _ = self(idx[:, cached_len:], kv_caches=caches, start_pos=cached_len)

@@ -25,7 +25,8 @@ seed = 1337
 device = "auto"
 dtype = "auto"  # 'auto' (bfloat16 on CUDA where supported, else float32), 'float32', 'bfloat16', 'float16'
 attention = "auto"
-use_cache = True  # KV cache: each new token costs one position's work
+use_cache = True  # KV cache: each new token costs one position's work (on a GPU, one replayed CUDA graph)
+compile = False  # GPU: torch.compile the one-token step (a slower start, faster tokens: BENCHMARKS.md, inference)
 DEFAULTS = config_from_globals(globals())
 # -----------------------------------------------------------------------------
 
@@ -42,7 +43,7 @@ def read_prompt(start):
 
 
 def generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, device,
-                  use_cache=True, generator=None, on_text=None):
+                  use_cache=True, generator=None, on_text=None, compile=False):
     """Generate one sample for `prompt`; returns the new text. `on_text(piece)` is called as text
     arrives (decoding the whole tail each time, so multi-byte characters split over tokens print right)."""
     prompt_ids = tokenizer.encode(prompt)
@@ -56,7 +57,7 @@ def generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, 
     new_ids, printed = [], ""
     for token in model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k or None,
                                 top_p=top_p if top_p < 1 else None, eot_token=tokenizer.eot_token,
-                                use_cache=use_cache, generator=generator):
+                                use_cache=use_cache, generator=generator, compile=compile):
         token = int(token[0, 0])
         if token == tokenizer.eot_token:
             break
@@ -89,7 +90,7 @@ def main(config):
     for i in range(config["num_samples"]):
         sys.stdout.write(prompt)
         generate_text(model, tokenizer, prompt, config["max_new_tokens"], config["temperature"], config["top_k"],
-                      config["top_p"], device, config["use_cache"], generator,
+                      config["top_p"], device, config["use_cache"], generator, compile=config["compile"],
                       on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
         sys.stdout.write("\n---------------\n")
         sys.stdout.flush()
