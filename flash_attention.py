@@ -349,16 +349,16 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, Delta, qk_scale, sm_scale,
 
 # ----------------------------------------------------------------------------------------------------------------
 # Launch configuration. Fixed per (head dim, dtype): no autotuning, so nothing is timed at start-up and results are
-# reproducible run to run. Numbers picked on an H100 with `python flash_attention.py --sweep` (see BENCHMARKS.md).
+# reproducible run to run. Numbers picked on an H100 with `python flash_attention.py` (see BENCHMARKS.md).
 # fwd = (BLOCK_M, BLOCK_N, num_warps, num_stages); bwd = (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, num_warps, num_stages)
 
 _GPU_CONFIGS = {
     # fp16/bf16, by head dim. For D=128 the backward needs 8 warps to keep its two BLOCK_N1 x D fp32 accumulators
     # (dK, dV) in registers: with 4 warps ptxas spills them to local memory.
-    16: {"fwd": (64, 64, 4, 3), "bwd": (16, 64, 64, 32, 4, 3)},
-    32: {"fwd": (64, 64, 4, 3), "bwd": (16, 64, 64, 32, 4, 3)},
-    64: {"fwd": (64, 64, 4, 3), "bwd": (16, 64, 64, 32, 4, 3)},
-    128: {"fwd": (128, 64, 8, 4), "bwd": (32, 128, 128, 32, 8, 2)},
+    16: {"fwd": (64, 64, 4, 3), "bwd": (16, 64, 64, 64, 4, 3)},
+    32: {"fwd": (64, 64, 4, 3), "bwd": (16, 64, 64, 64, 4, 3)},
+    64: {"fwd": (64, 64, 4, 3), "bwd": (16, 64, 64, 64, 4, 3)},
+    128: {"fwd": (128, 64, 8, 4), "bwd": (64, 128, 128, 64, 8, 2)},
 }
 # fp32 runs on the CUDA cores (input_precision="ieee", so fp32 really is fp32, not tf32). Its blocked layouts hold
 # more per thread, so tiles are small and warps many: the largest that ptxas fits without spilling (not timed).
@@ -606,10 +606,10 @@ _SWEEP_FWD = {
     128: [(128, 64, 8, 4), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 4)],
 }
 _SWEEP_BWD = {
-    64: [(16, 64, 64, 32, 4, 3), (32, 64, 64, 32, 4, 3), (16, 64, 64, 16, 4, 3), (16, 64, 64, 64, 4, 3),
-         (16, 64, 64, 32, 4, 4), (16, 64, 64, 32, 4, 2), (16, 128, 128, 32, 8, 3), (16, 32, 32, 16, 2, 3)],
-    128: [(32, 128, 128, 32, 8, 2), (16, 128, 128, 32, 8, 2), (16, 128, 128, 32, 8, 3), (32, 64, 64, 32, 4, 2),
-          (16, 64, 64, 16, 4, 2), (64, 128, 128, 64, 8, 2)],
+    64: [(16, 64, 64, 64, 4, 3), (16, 64, 64, 32, 4, 3), (32, 64, 64, 32, 4, 3), (16, 64, 64, 16, 4, 3),
+         (16, 64, 64, 32, 4, 4), (16, 64, 64, 32, 4, 2), (16, 128, 128, 32, 8, 3)],
+    128: [(64, 128, 128, 64, 8, 2), (32, 128, 128, 32, 8, 2), (16, 128, 128, 32, 8, 3), (32, 64, 64, 32, 4, 2),
+          (64, 128, 128, 64, 8, 3)],
 }
 
 
