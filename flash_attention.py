@@ -537,7 +537,8 @@ def _check_inputs(q, k, v):
 def flash_attention(q, k, v, causal=True, softmax_scale=None):
     """softmax(scale * q @ k^T [causal mask]) @ v for q, k, v of shape (B, H, T, D); returns (B, H, T, D).
 
-    softmax_scale defaults to 1/sqrt(D). Any strides are accepted (no copies are made). Head dims that are not a
+    softmax_scale defaults to 1/sqrt(D). Any strides are accepted (no copies are made); the output (and the
+    gradients) are stored as (B, T, H, D), so out.transpose(1, 2) is contiguous. Head dims that are not a
     power of two (or below 16) are zero-padded up to one: zero columns change no score, and the padded output
     columns are dropped.
     """
