@@ -93,6 +93,15 @@ def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _load_tile(ptrs, rows, T, MASKED: tl.constexpr):
+    # A tile whose first axis is sequence positions `rows`. Positions past T (the ragged last tile) read as zeros;
+    # MASKED=False is for tiles known to lie inside [0, T), which then skip the bounds check.
+    if MASKED:
+        return tl.load(ptrs, mask=(rows < T)[:, None], other=0.0)
+    return tl.load(ptrs)
+
+
+@triton.jit
 def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n, T, lo, hi, qk_scale,
                     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
                     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
@@ -101,10 +110,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, offs
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
-        if MASKED:
-            k = tl.load(k_ptrs + start_n * stride_kt, mask=(cols < T)[:, None], other=0.0)
-        else:
-            k = tl.load(k_ptrs + start_n * stride_kt)
+        k = _load_tile(k_ptrs + start_n * stride_kt, cols, T, MASKED)
         s = _dot(q, tl.trans(k), None, INPUT_PRECISION, UPCAST) * qk_scale  # scores, in log2 units
         if MASKED:
             visible = (cols < T)[None, :]
@@ -117,10 +123,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, offs
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if MASKED:
-            v = tl.load(v_ptrs + start_n * stride_vt, mask=(cols < T)[:, None], other=0.0)
-        else:
-            v = tl.load(v_ptrs + start_n * stride_vt)
+        v = _load_tile(v_ptrs + start_n * stride_vt, cols, T, MASKED)
         # P goes into the matrix unit in the input dtype (as in FA2); the accumulation stays fp32.
         acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], INPUT_PRECISION, UPCAST)
         m_i = m_new
@@ -209,15 +212,12 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stri
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + offs_m
+        q = _load_tile(q_ptrs + start_m * stride_qt, rows, T, MASKED)
+        do = _load_tile(do_ptrs + start_m * stride_dot, rows, T, MASKED)
         if MASKED:
-            in_t = rows < T
-            q = tl.load(q_ptrs + start_m * stride_qt, mask=in_t[:, None], other=0.0)
-            do = tl.load(do_ptrs + start_m * stride_dot, mask=in_t[:, None], other=0.0)
-            lse = tl.load(lse_ptr + rows, mask=in_t, other=0.0)
-            delta = tl.load(delta_ptr + rows, mask=in_t, other=0.0)
+            lse = tl.load(lse_ptr + rows, mask=rows < T, other=0.0)
+            delta = tl.load(delta_ptr + rows, mask=rows < T, other=0.0)
         else:
-            q = tl.load(q_ptrs + start_m * stride_qt)
-            do = tl.load(do_ptrs + start_m * stride_dot)
             lse = tl.load(lse_ptr + rows)
             delta = tl.load(delta_ptr + rows)
         s_t = _dot(k, tl.trans(q), None, INPUT_PRECISION, UPCAST) * qk_scale  # S^T tile, log2 units
@@ -243,12 +243,8 @@ def _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
-        if MASKED:
-            k = tl.load(k_ptrs + start_n * stride_kt, mask=(cols < T)[:, None], other=0.0)
-            v = tl.load(v_ptrs + start_n * stride_vt, mask=(cols < T)[:, None], other=0.0)
-        else:
-            k = tl.load(k_ptrs + start_n * stride_kt)
-            v = tl.load(v_ptrs + start_n * stride_vt)
+        k = _load_tile(k_ptrs + start_n * stride_kt, cols, T, MASKED)
+        v = _load_tile(v_ptrs + start_n * stride_vt, cols, T, MASKED)
         s = _dot(q, tl.trans(k), None, INPUT_PRECISION, UPCAST) * qk_scale
         p = tl.exp2(s - lse[:, None])
         if MASKED:
