@@ -15,6 +15,7 @@ output embeddings), so Hugging Face GPT-2 weights load into it and ours export b
 - `auto`:      `triton` on CUDA, `sdpa` elsewhere.
 """
 
+import functools
 import json
 import math
 import os
@@ -210,10 +211,13 @@ def _decode_step(model, token, caches, position):
     return model(token, kv_caches=caches, start_pos=position)[0]
 
 
-# torch.compile fuses each layer's small operations (layer norms, GELU, residual adds, the attention over the cache)
-# into a few kernels, and a replayed step costs about as much as the kernels in it. Compiled on first use, once per
-# model and batch size; the graph records the compiled kernels like any others.
-_compiled_decode_step = torch.compile(_decode_step, dynamic=False)
+@functools.cache
+def _compiled_decode_step():
+    # torch.compile fuses each layer's small operations (layer norms, GELU, residual adds, the attention over the
+    # cache) into a few kernels, and a replayed step costs about as much as the kernels in it. Compiled on first use,
+    # once per model and batch size; the graph records the compiled kernels like any others. Made on first call, not
+    # at import: torch.compile imports torch._dynamo, a second of start-up every user of model.py would pay.
+    return torch.compile(_decode_step, dynamic=False)
 
 
 class CUDAGraphDecoder:
@@ -227,7 +231,7 @@ class CUDAGraphDecoder:
     def __init__(self, model, caches, token, position, compile=False):
         self.token = token.clone()
         self.position = torch.tensor([position], device=token.device)
-        decode_step = _compiled_decode_step if compile else _decode_step
+        decode_step = _compiled_decode_step() if compile else _decode_step
 
         def step():
             return decode_step(model, self.token, caches, self.position)
