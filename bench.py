@@ -69,6 +69,7 @@ vocab_size = 50304  # with data_dir, the data's vocabulary instead
 bias = False
 attention = "auto"  # 'auto' (triton on CUDA, sdpa elsewhere), 'triton', 'sdpa', 'reference'
 fused_loss = False  # loss without the full fp32 logits (GPTConfig.fused_loss)
+fp8 = False  # the blocks' matrix products in float8 (fp8.py; GPUs with float8 tensor cores: H100, H200)
 # training step (the plain `train` mode uses the settings above as they are)
 batch_size = 16  # sequences per micro-batch
 batch_sizes = None  # micro-batches to try, e.g. --batch_sizes=8,16,32,64; the fastest is reported. None: batch_size
@@ -88,6 +89,7 @@ profile = False  # train, CUDA: after timing, profile 2 steps and print the GPU 
 # the fast variant (--compare) and the levers (--ablate)
 fast_attention = "triton"
 fast_compile_mode = "default"
+fast_fp8 = True  # the fast variant and the levers use fp8 where the GPU has float8 tensor cores (else left out)
 ablate_compile_modes = "reduce-overhead"  # comma-separated; max-autotune-no-cudagraphs takes minutes to compile
 # attention micro-benchmark
 attention_shapes = None  # ((B, H, T, D), ...); None: (16,12,1024,64) and (4,16,4096,128) on CUDA, tiny on CPU
@@ -233,7 +235,7 @@ def human(x):
 def build_model(settings):
     """A GPT from the model keys of `settings` (dropout off: a benchmark measures the pretraining step)."""
     from model import GPT, GPTConfig
-    keys = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "attention", "fused_loss")
+    keys = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "attention", "fused_loss", "fp8")
     return GPT(GPTConfig(dropout=0.0, **{k: settings[k] for k in keys}))
 
 
@@ -370,6 +372,7 @@ def measure_training(settings, device, dtype):
         "batch_size": B, "block_size": T, "gradient_accumulation_steps": accumulation,
         "tokens_per_step": tokens_per_step,
         "attention": resolved_attention(settings["attention"], device), "fused_loss": settings["fused_loss"],
+        "fp8": settings["fp8"],
         "compile": compiled, "compile_mode": settings["compile_mode"] if compiled else None,
         "fused_adamw": bool(optimizer.defaults.get("fused")), "dtype": dtype, "params": model.num_params(),
         "ms_per_step": spread(step_ms), "wall_ms_per_step": wall_ms, "tokens_per_sec": tokens_per_sec,
@@ -476,12 +479,18 @@ def run_guarded(measure, *args):
 def baseline_settings(config):
     """The plain nanoGPT-equivalent: SDPA attention, torch.compile's default mode, fused AdamW, bf16 autocast,
     F.cross_entropy on full fp32 logits, no biases (vocabulary padded to 50304 by default)."""
-    return dict(config, attention="sdpa", fused_loss=False, compile_mode="default", fused_adamw=True, bias=False)
+    return dict(config, attention="sdpa", fused_loss=False, fp8=False, compile_mode="default", fused_adamw=True,
+                bias=False)
 
 
-def fast_settings(config):
-    """Every lever on: our Triton attention, the fused loss, fast_compile_mode."""
+def has_float8_tensor_cores(device):
+    return is_cuda(device) and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def fast_settings(config, device):
+    """Every lever on: our Triton attention, the fused loss, fp8 where the GPU has it, fast_compile_mode."""
     return dict(config, attention=config["fast_attention"], fused_loss=True,
+                fp8=config["fast_fp8"] and has_float8_tensor_cores(device),
                 compile_mode=config["fast_compile_mode"], fused_adamw=True, bias=False)
 
 
@@ -509,6 +518,8 @@ def ablation_levers(config, device):
     if config["fast_attention"] != "sdpa":
         levers.append((f"attention={config['fast_attention']}", {"attention": config["fast_attention"]}))
     levers.append(("fused_loss", {"fused_loss": True}))
+    if config["fast_fp8"] and has_float8_tensor_cores(device):
+        levers.append(("fp8", {"fp8": True}))
     if config["compile"]:
         modes = [m for m in config["ablate_compile_modes"].split(",") if m and m != "default"]
         levers += [(f"compile_mode={m}", {"compile_mode": m}) for m in modes]
@@ -544,7 +555,7 @@ def bench_train(config, device, dtype, results):
         return out
     out["baseline"] = sweep_batch_sizes("baseline", baseline_settings(config), sizes, device, dtype)
     if config["compare"]:
-        out["fast"] = sweep_batch_sizes("fast", fast_settings(config), sizes, device, dtype)
+        out["fast"] = sweep_batch_sizes("fast", fast_settings(config, device), sizes, device, dtype)
         base, fast = out["baseline"]["best"], out["fast"]["best"]
         out["speedup"] = fast["tokens_per_sec"] / base["tokens_per_sec"] if base and fast else None
         print(format_speedup(out), flush=True)
@@ -696,7 +707,7 @@ def inference_model(config, device, dtype):
         model, _, _ = load_model(config["init_from"], device, attention=config["attention"])
     else:
         torch.manual_seed(config["seed"])
-        model = build_model(dict(config, fused_loss=False)).to(device)
+        model = build_model(dict(config, fused_loss=False, fp8=False)).to(device)
     # weights (and so the KV cache) in the benchmark dtype, as transformers runs them below
     return model.to(dtype=getattr(torch, dtype)).eval()
 

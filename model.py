@@ -15,6 +15,7 @@ output embeddings), so Hugging Face GPT-2 weights load into it and ours export b
 - `auto`:      `triton` on CUDA, `sdpa` elsewhere.
 """
 
+import copy
 import functools
 import json
 import math
@@ -41,6 +42,8 @@ class GPTConfig:
     attention: str = "auto"
     # training loss without materializing the (tokens x vocab) fp32 logits: see FusedLinearCrossEntropy
     fused_loss: bool = False
+    # training: the blocks' Linear layers multiply in float8 (fp8.py); for Hopper GPUs (H100, H200) or newer
+    fp8: bool = False
 
     def __post_init__(self):
         if self.attention not in ATTENTION_CHOICES:
@@ -117,14 +120,29 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+class Linear(nn.Linear):
+    """nn.Linear, or with fp8=True its float8 version (fp8.py) while training; evaluation and generation keep the
+    ordinary products (any device, full accuracy). The weights and their names are the same either way."""
+
+    def __init__(self, in_features, out_features, bias, fp8=False):
+        super().__init__(in_features, out_features, bias=bias)
+        self.fp8 = fp8
+
+    def forward(self, x):
+        if self.fp8 and self.training:
+            from fp8 import fp8_linear
+            return fp8_linear(x, self.weight, self.bias)
+        return super().forward(x)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.n_head = config.n_head
         self.attention = config.attention
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, config.bias, config.fp8)
+        self.c_proj = Linear(config.n_embd, config.n_embd, config.bias, config.fp8)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, kv_cache=None, start_pos=0):
@@ -147,8 +165,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, config.bias, config.fp8)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, config.bias, config.fp8)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -192,10 +210,17 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
 
+    def prefix(self, length):
+        """The first `length` slots as a KVCache of their own that shares this one's memory: writes land here."""
+        view = copy.copy(self)
+        view.k, view.v = self.k[:, :, :length], self.v[:, :, :length]
+        return view
+
     def update(self, k, v, start_pos):
         """Store k, v at positions start_pos.. and return the keys and values to attend to. With an int start_pos
         that is the filled prefix. With a tensor start_pos (a CUDA graph replays fixed shapes, so the position
-        must be data, not shape) it is the whole buffer; cached_attention masks the slots past each query."""
+        must be data, not shape) it is all of this cache's slots (for CUDAGraphDecoder, a prefix of the buffer);
+        cached_attention masks the slots past each query."""
         if torch.is_tensor(start_pos):
             positions = start_pos + torch.arange(k.size(2), device=k.device)
             self.k.index_copy_(2, positions, k)
@@ -215,43 +240,59 @@ def _decode_step(model, token, caches, position):
 def _compiled_decode_step():
     # torch.compile fuses each layer's small operations (layer norms, GELU, residual adds, the attention over the
     # cache) into a few kernels, and a replayed step costs about as much as the kernels in it. Compiled on first use,
-    # once per model and batch size; the graph records the compiled kernels like any others. Made on first call, not
-    # at import: torch.compile imports torch._dynamo, a second of start-up every user of model.py would pay.
+    # once per model, batch size and cache bucket; the graph records the compiled kernels like any others. Made on
+    # first call, not at import: torch.compile imports torch._dynamo, a second of start-up every user would pay.
     return torch.compile(_decode_step, dynamic=False)
 
 
+def cache_bucket(length, max_len, smallest=64):
+    """The number of cache slots a decoding step attends over: `length` rounded up to a power of two (at least
+    `smallest`, at most `max_len`). A graph per bucket instead of one over all max_len slots: 500 tokens after a short
+    prompt read on average about a third of a 1024-slot cache, and only five graphs are recorded."""
+    return min(max_len, max(smallest, 1 << (length - 1).bit_length()))
+
+
 class CUDAGraphDecoder:
-    """One decoding step (one new token per row) recorded once as a CUDA graph, then replayed for every token.
+    """One decoding step (one new token per row) recorded as a CUDA graph, then replayed for every token.
 
     At batch 1 a GPT-2 small step is a few hundred tiny kernels; launching them one at a time from Python takes
-    longer than running them. A replay launches all of them at once. The inputs live in fixed buffers (`token`,
-    `position`) that each step overwrites, and the output is the same `logits` tensor every time.
+    longer than running them. A replay launches all of them at once. A graph replays fixed shapes, so the inputs live
+    in fixed buffers (`token`, `position`) that each step overwrites, and each graph attends over a fixed number of
+    cache slots (masking those past the position): one graph per `cache_bucket`, recorded when first needed.
     """
 
-    def __init__(self, model, caches, token, position, compile=False):
+    def __init__(self, model, caches, token, compile=False):
+        self.model, self.caches = model, caches
         self.token = token.clone()
-        self.position = torch.tensor([position], device=token.device)
-        decode_step = _compiled_decode_step() if compile else _decode_step
+        self.position = torch.zeros(1, dtype=torch.long, device=token.device)
+        self.step = _compiled_decode_step() if compile else _decode_step
+        self.graphs = {}  # cache bucket -> (graph, its logits tensor)
 
-        def step():
-            return decode_step(model, self.token, caches, self.position)
-
-        # one eager run first, on a side stream as CUDA graph capture requires (it sets up cuBLAS workspaces and
-        # the like); it writes the same cache slot, with the same values, as the replay below
-        side = torch.cuda.Stream(token.device)
-        side.wait_stream(torch.cuda.current_stream(token.device))
-        with torch.cuda.stream(side):
-            step()
-        torch.cuda.current_stream(token.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = step()
+    def _record(self, length):
+        caches = [cache.prefix(length) for cache in self.caches]
+        device = self.token.device
+        # one eager run first, on a side stream as CUDA graph capture requires (it sets up cuBLAS workspaces, and
+        # compiles the step for this bucket); it writes the same cache slot, with the same values, as the replay.
+        # One compiled variant per bucket (and model, and batch size): more than dynamo's default limit of 8.
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side), torch._dynamo.config.patch(recompile_limit=64):
+            self.step(self.model, self.token, caches, self.position)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = self.step(self.model, self.token, caches, self.position)
+        return graph, logits
 
     def __call__(self, token, position):
         self.token.copy_(token)
         self.position.fill_(position)
-        self.graph.replay()
-        return self.logits
+        length = cache_bucket(position + 1, self.caches[0].k.size(2))
+        if length not in self.graphs:
+            self.graphs[length] = self._record(length)
+        graph, logits = self.graphs[length]
+        graph.replay()
+        return logits
 
 
 class GPT(nn.Module):
@@ -332,6 +373,13 @@ class GPT(nn.Module):
             elif isinstance(module, CausalSelfAttention):
                 module.dropout = p
 
+    def set_fp8(self, enabled):
+        """Turn the blocks' float8 training products (fp8.py) on or off."""
+        self.config.fp8 = enabled
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.fp8 = enabled
+
     # ------------------------------------------------------------------------------------------
     # generation
 
@@ -359,7 +407,7 @@ class GPT(nn.Module):
                               for _ in range(self.config.n_layer)]
                 if cached_len > 0 and idx.is_cuda and cuda_graph:
                     if decoder is None:
-                        decoder = CUDAGraphDecoder(self, caches, idx[:, -1:], cached_len, compile)
+                        decoder = CUDAGraphDecoder(self, caches, idx[:, -1:], compile)
                     logits = decoder(idx[:, -1:], cached_len)
                 else:
                     logits, _ = self(idx[:, cached_len:], kv_caches=caches, start_pos=cached_len)

@@ -50,6 +50,8 @@ n_embd = 768
 dropout = 0.0  # 0 for pretraining, try 0.1+ for fine-tuning
 bias = False  # biases in Linear and LayerNorm layers; False is a little faster and as good
 attention = "auto"  # 'auto' (triton on CUDA, sdpa elsewhere), 'triton', 'sdpa', 'reference'
+fused_loss = False  # the loss without materializing the (tokens x vocab) fp32 logits: less memory (BENCHMARKS.md)
+fp8 = False  # the blocks' matrix products in float8 while training (fp8.py); H100/H200-class GPUs
 # distillation
 teacher = ""  # checkpoint or HF folder of a teacher with the same vocabulary; '' trains on the data alone
 distill_weight = 0.5  # loss = (1 - w) * cross-entropy + w * T^2 * KL(teacher || student)
@@ -302,6 +304,15 @@ def build_model(config, meta, device):
     return model, None
 
 
+def set_training_options(model, config, device):
+    """The options that change how a step is computed, not the weights: this run's, whatever the checkpoint had."""
+    if config["fp8"] and device.startswith("cuda") and torch.cuda.get_device_capability(device) < (8, 9):
+        raise SystemExit(f"error: fp8=True needs float8 tensor cores (H100/H200, compute capability 8.9+), and "
+                         f"{torch.cuda.get_device_name(device)} has none; train with --fp8=False")
+    model.config.fused_loss = config["fused_loss"]
+    model.set_fp8(config["fp8"])
+
+
 def train(config):
     """Run training as configured; returns the list of per-step losses this process logged."""
     from checkpoint import save_checkpoint
@@ -335,6 +346,7 @@ def train(config):
     meta = read_meta(config["data_dir"])
     torch.manual_seed(config["seed"])  # same initial weights on every process
     model, checkpoint = build_model(config, meta, device)
+    set_training_options(model, config, device)
     if checkpoint is not None and checkpoint["config"]["gradient_accumulation_steps"] * checkpoint["config"]["batch_size"] \
             != config["gradient_accumulation_steps"] * config["batch_size"]:
         print("warning: the global batch differs from the checkpoint's; the resumed run will not match an uninterrupted one")

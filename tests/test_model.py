@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from model import GPT, GPTConfig, KVCache, reference_attention, sample_next_token, peak_flops, mfu
+from model import GPT, GPTConfig, KVCache, cache_bucket, reference_attention, sample_next_token, peak_flops, mfu
 
 
 def tiny_config(**overrides):
@@ -137,9 +137,14 @@ def test_kv_cache_generates_the_same_tokens(temperature):
     assert torch.equal(results[0], results[1])
 
 
+def test_cache_bucket():
+    assert [cache_bucket(n, 1024) for n in (1, 64, 65, 128, 129, 517, 1024)] == [64, 64, 128, 128, 256, 1024, 1024]
+    assert cache_bucket(17, 20, smallest=8) == 20
+
+
 def test_decode_step_with_tensor_position_matches_full_forward():
-    # the CUDA-graph decoder's path: position as a tensor, attention over the whole cache buffer with the unfilled
-    # slots masked. Its logits for each new token must equal those of a full forward over the sequence so far.
+    # the CUDA-graph decoder's path: position as a tensor, attention over a prefix of the cache buffer with the
+    # unfilled slots masked, writing through the prefix into the full cache. Its logits for each new token must equal those of a full forward over the sequence so far.
     model = GPT(tiny_config()).eval()
     randomize(model)
     config = model.config
@@ -149,7 +154,11 @@ def test_decode_step_with_tensor_position_matches_full_forward():
     with torch.no_grad():
         model(idx[:, :8], kv_caches=caches, start_pos=0)  # prefill
         for position in range(8, 20):
-            step_logits, _ = model(idx[:, position:position + 1], kv_caches=caches, start_pos=torch.tensor([position]))
+            # as CUDAGraphDecoder does: attend over a power-of-two prefix of the slots (8, 16, then all 32)
+            bucket = cache_bucket(position + 1, config.block_size, smallest=8)
+            prefixes = [cache.prefix(bucket) for cache in caches]
+            step_logits, _ = model(idx[:, position:position + 1], kv_caches=prefixes,
+                                   start_pos=torch.tensor([position]))
             full_logits, _ = model(idx[:, :position + 1])
             torch.testing.assert_close(step_logits[:, 0], full_logits[:, -1], rtol=1e-5, atol=1e-5)
 

@@ -225,3 +225,19 @@ def test_mixed_precision_runs(char_data_dir, tmp_path, dtype):
     assert checkpoint["step"] == 3
     assert (checkpoint["scaler"] is not None) == (dtype == "float16")
     assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+
+
+def test_fused_loss_and_fp8_follow_the_plain_run(char_data_dir, tmp_path):
+    """The step options change how a step is computed, not what it learns: same seed, nearby losses."""
+    flags = ["--max_iters=8", "--eval_interval=8", "--log_interval=1"]
+    runs = {"plain": [], "fused_loss": ["--fused_loss=True"], "fp8": ["--fp8=True"]}
+    losses = {}
+    for name, extra in runs.items():
+        run_script(train_flags(char_data_dir, tmp_path / name, *flags, *extra))
+        losses[name] = logged_losses(tmp_path / name)
+    assert losses["plain"].keys() == losses["fp8"].keys() and len(losses["plain"]) == 8
+    for step, loss in losses["plain"].items():
+        assert abs(losses["fused_loss"][step] - loss) < 1e-4  # the same math in another order
+        assert abs(losses["fp8"][step] - loss) < 0.1  # 8-bit inputs to the products: close, not equal
+    assert max(abs(losses["fp8"][step] - loss) for step, loss in losses["plain"].items()) > 1e-5  # fp8 was on
+    assert load_checkpoint(os.path.join(tmp_path / "fp8", "last.pt"))["model_args"]["fp8"] is True
