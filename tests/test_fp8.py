@@ -28,12 +28,16 @@ def test_to_float8_scales_the_largest_value_to_the_format_maximum(dtype):
     assert torch.isfinite(zeros_inverse) and (zeros8.float() == 0).all()
 
 
-def test_fp8_linear_forward_and_backward_match_float64_math_on_the_rounded_operands():
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9) else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp8_linear_forward_and_backward_match_float64_math_on_the_rounded_operands(device):
     torch.manual_seed(0)
-    x = torch.randn(3, 40, 64, requires_grad=True)
-    weight = (torch.randn(96, 64) * 0.05).requires_grad_()
-    bias = torch.randn(96, requires_grad=True)
-    grad_out = torch.randn(3, 40, 96)
+    x = torch.randn(3, 40, 64, device=device, requires_grad=True)
+    weight = (torch.randn(96, 64, device=device) * 0.05).requires_grad_()
+    bias = torch.randn(96, device=device, requires_grad=True)
+    grad_out = torch.randn(3, 40, 96, device=device)
     y = fp8_linear(x, weight, bias)
     y.backward(grad_out)
 

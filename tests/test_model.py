@@ -138,8 +138,8 @@ def test_kv_cache_generates_the_same_tokens(temperature):
 
 
 def test_cache_bucket():
-    assert [cache_bucket(n, 1024) for n in (1, 64, 65, 128, 129, 517, 1024)] == [64, 64, 128, 128, 256, 1024, 1024]
-    assert cache_bucket(17, 20, smallest=8) == 20
+    assert [cache_bucket(n, 1024) for n in (1, 256, 257, 516, 769, 1024)] == [256, 256, 512, 768, 1024, 1024]
+    assert cache_bucket(17, 20, bucket=8) == 20
 
 
 def test_decode_step_with_tensor_position_matches_full_forward():
@@ -154,8 +154,8 @@ def test_decode_step_with_tensor_position_matches_full_forward():
     with torch.no_grad():
         model(idx[:, :8], kv_caches=caches, start_pos=0)  # prefill
         for position in range(8, 20):
-            # as CUDAGraphDecoder does: attend over a power-of-two prefix of the slots (8, 16, then all 32)
-            bucket = cache_bucket(position + 1, config.block_size, smallest=8)
+            # as CUDAGraphDecoder does: attend over a prefix of the slots (16, then 24 of the 32)
+            bucket = cache_bucket(position + 1, config.block_size, bucket=8)
             prefixes = [cache.prefix(bucket) for cache in caches]
             step_logits, _ = model(idx[:, position:position + 1], kv_caches=prefixes,
                                    start_pos=torch.tensor([position]))
@@ -166,11 +166,12 @@ def test_decode_step_with_tensor_position_matches_full_forward():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("batch_size,compile", [(1, False), (4, False), (4, True)])
 def test_cuda_graph_decoding_matches_eager(batch_size, compile):
-    model = GPT(tiny_config()).cuda().eval()
+    # positions 240..299 of a 300-slot cache: the graph of the 256-slot bucket, then that of the last 44 slots
+    model = GPT(tiny_config(block_size=300)).cuda().eval()
     randomize(model)
-    prompt = torch.randint(0, 97, (batch_size, 5), device="cuda")
-    graphed = torch.cat(list(model.generate(prompt, 40, temperature=0.0, compile=compile)), dim=1)
-    eager = torch.cat(list(model.generate(prompt, 40, temperature=0.0, cuda_graph=False)), dim=1)
+    prompt = torch.randint(0, 97, (batch_size, 240), device="cuda")
+    graphed = torch.cat(list(model.generate(prompt, 60, temperature=0.0, compile=compile)), dim=1)
+    eager = torch.cat(list(model.generate(prompt, 60, temperature=0.0, cuda_graph=False)), dim=1)
     assert torch.equal(graphed, eager)
 
 
