@@ -3,6 +3,7 @@
 #   bash scripts/gpu_session3.sh a   # GPU tests (fp8, bucketed decode graphs), training baseline vs fast (with fp8),
 #                                    # the fp8 lever alone with its profile
 #   bash scripts/gpu_session3.sh b   # decoding with bucketed graphs, fp8-vs-bf16 loss curves, data-loader stall
+#   bash scripts/gpu_session3.sh c   # fp8 on a wider model (24 layers, 2048 wide, ~1.3B): where its casts pay
 # Needs .gpu_data/{input.txt,r50k_base.tiktoken} (carried in). Logs go to $OUT/logs, packed into $OUT/logs.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,8 @@ stage_a() {
 }
 
 stage_b() {
+    stamp "fp8 test on the GPU, in full"
+    timeout 60 python3 -m pytest -q tests/test_fp8.py -k cuda 2>&1 | grep -E "^E |passed|failed" | head -20
     stamp "inference (bucketed decode graphs)"
     timeout 170 python3 bench.py --mode=inference --transformers_compare=False --json="$L/inference.json" \
         > "$L/inference.log" 2>&1; tail -14 "$L/inference.log"
@@ -52,6 +55,15 @@ PY
     python3 prepare.py --input="$DATA/input.txt" --tokenizer=gpt2 --out_dir=data/tinyshakespeare_gpt2 >> "$L/prepare.log" 2>&1
     timeout 120 python3 bench.py --mode=train --attention=sdpa --batch_size=64 --data_dir=data/tinyshakespeare_gpt2 \
         --json="$L/loader.json" > "$L/loader.log" 2>&1; tail -6 "$L/loader.log"
+}
+
+stage_c() {
+    local wide="--mode=train --attention=sdpa --n_layer=24 --n_head=16 --n_embd=2048 --batch_size=8 --timed_steps=10"
+    for fp8 in False True; do
+        stamp "wide model, fp8=$fp8"
+        timeout 200 python3 bench.py $wide --fp8=$fp8 --json="$L/wide_fp8_$fp8.json" > "$L/wide_fp8_$fp8.log" 2>&1
+        tail -4 "$L/wide_fp8_$fp8.log"
+    done
 }
 
 for stage in "$@"; do "stage_$stage" 2>&1 | tee "$L/stage_$stage.log"; done
