@@ -18,6 +18,7 @@ in accuracy is measured, not assumed: BENCHMARKS.md compares fp8 and bf16 loss c
 """
 
 import torch
+import torch.nn.functional as F
 
 E4M3 = torch.float8_e4m3fn
 E5M2 = torch.float8_e5m2
@@ -63,11 +64,15 @@ class Float8Matmul(torch.autograd.Function):
 
 def fp8_linear(x, weight, bias=None):
     """F.linear(x, weight, bias) with float8 products. Under autocast the output has the autocast dtype, as
-    F.linear's would. The matrix sizes the kernel accepts: weight's two dimensions multiples of 16."""
+    F.linear's would. The float8 kernel takes only dimensions that are multiples of 16: weight's must be, and the
+    rows of x (the reduction of the weight gradient) are padded with zeros to the next multiple."""
     if weight.size(0) % 16 or weight.size(1) % 16:
         raise ValueError(f"fp8 needs Linear sizes that are multiples of 16, got {tuple(weight.shape)}; "
                          "pick n_embd a multiple of 16 or train with fp8=False")
     device_type = x.device.type
     out_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
-    y = Float8Matmul.apply(x.reshape(-1, x.size(-1)), weight, out_dtype).view(*x.shape[:-1], weight.size(0))
+    rows = x.reshape(-1, x.size(-1))
+    n_rows = rows.size(0)
+    y = Float8Matmul.apply(F.pad(rows, (0, 0, 0, -n_rows % 16)), weight, out_dtype)[:n_rows]
+    y = y.view(*x.shape[:-1], weight.size(0))
     return y if bias is None else y + bias.to(out_dtype)

@@ -240,9 +240,10 @@ def _decode_step(model, token, caches, position):
 def _compiled_decode_step():
     # torch.compile fuses each layer's small operations (layer norms, GELU, residual adds, the attention over the
     # cache) into a few kernels, and a replayed step costs about as much as the kernels in it. Compiled on first use,
-    # once per model, batch size and cache bucket; the graph records the compiled kernels like any others. Made on
-    # first call, not at import: torch.compile imports torch._dynamo, a second of start-up every user would pay.
-    return torch.compile(_decode_step, dynamic=False)
+    # once per model and batch size with the cache length symbolic (CUDAGraphDecoder marks it), and once more for a
+    # bucket that spans the whole buffer; each graph records the compiled kernels like any others. Made on first
+    # call, not at import: torch.compile imports torch._dynamo, a second of start-up every user would pay.
+    return torch.compile(_decode_step)
 
 
 def cache_bucket(length, max_len, bucket=256):
@@ -267,17 +268,21 @@ class CUDAGraphDecoder:
         self.token = token.clone()
         self.position = torch.zeros(1, dtype=torch.long, device=token.device)
         self.step = _compiled_decode_step() if compile else _decode_step
+        self.compiled = compile
         self.graphs = {}  # cache bucket -> (graph, its logits tensor)
 
     def _record(self, length):
         caches = [cache.prefix(length) for cache in self.caches]
         device = self.token.device
         # one eager run first, on a side stream as CUDA graph capture requires (it sets up cuBLAS workspaces, and
-        # compiles the step for this bucket); it writes the same cache slot, with the same values, as the replay.
-        # One compiled variant per bucket (and model, and batch size): more than dynamo's default limit of 8.
+        # compiles the step on first use); it writes the same cache slot, with the same values, as the replay
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side), torch._dynamo.config.patch(recompile_limit=64):
+        if self.compiled:
+            for cache in caches:  # one compiled step serves every bucket: the cache length is symbolic
+                torch._dynamo.mark_dynamic(cache.k, 2)
+                torch._dynamo.mark_dynamic(cache.v, 2)
+        with torch.cuda.stream(side):
             self.step(self.model, self.token, caches, self.position)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()

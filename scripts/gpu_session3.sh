@@ -4,6 +4,7 @@
 #                                    # the fp8 lever alone with its profile
 #   bash scripts/gpu_session3.sh b   # decoding with bucketed graphs, fp8-vs-bf16 loss curves, data-loader stall
 #   bash scripts/gpu_session3.sh c   # fp8 on a wider model (24 layers, 2048 wide, ~1.3B): where its casts pay
+#   bash scripts/gpu_session3.sh d   # after the fixes of a and b: GPU tests again, decoding with compiled buckets
 # Needs .gpu_data/{input.txt,r50k_base.tiktoken} (carried in). Logs go to $OUT/logs, packed into $OUT/logs.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +65,14 @@ stage_c() {
         timeout 200 python3 bench.py $wide --fp8=$fp8 --json="$L/wide_fp8_$fp8.json" > "$L/wide_fp8_$fp8.log" 2>&1
         tail -4 "$L/wide_fp8_$fp8.log"
     done
+}
+
+stage_d() {
+    stamp "GPU tests: fp8 (rows padded to 16), decode graphs"
+    timeout 120 python3 -m pytest -q tests/test_fp8.py tests/test_model.py 2>&1 | grep -E "^E |passed|failed" | head -20
+    stamp "inference"
+    timeout 170 python3 bench.py --mode=inference --transformers_compare=False --json="$L/inference.json" \
+        > "$L/inference.log" 2>&1; tail -12 "$L/inference.log"
 }
 
 for stage in "$@"; do "stage_$stage" 2>&1 | tee "$L/stage_$stage.log"; done
