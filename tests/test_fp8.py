@@ -42,11 +42,18 @@ def test_fp8_linear_forward_and_backward_match_float64_math_on_the_rounded_opera
     y.backward(grad_out)
 
     xq, wq, gq = quantized(x.reshape(-1, 64), E4M3), quantized(weight, E4M3), quantized(grad_out.reshape(-1, 96), E5M2)
-    y_ref = (xq @ wq.t() + bias.double()).reshape(3, 40, 96)
-    torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(x.grad.double(), (gq @ wq).reshape(3, 40, 64), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(weight.grad.double(), gq.t() @ xq, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(bias.grad, grad_out.sum((0, 1)))
+    # the CPU sums the 8-bit products in float32; Hopper's float8 tensor cores keep fewer bits while they sum
+    # (3e-4 off here on an H100), still far below what a wrong scale or layout would cost (order 1)
+    tolerance = 1e-5 if device == "cpu" else 2e-3
+
+    def check(actual, expected):
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(actual.double(), expected, rtol=tolerance, atol=tolerance * scale)
+
+    check(y, (xq @ wq.t() + bias.double()).reshape(3, 40, 96))
+    check(x.grad, (gq @ wq).reshape(3, 40, 64))
+    check(weight.grad, gq.t() @ xq)
+    check(bias.grad, grad_out.double().sum((0, 1)))
 
     # and against the exact product: 8-bit inputs cost a few percent, never more
     exact = x.detach().double() @ weight.detach().double().t() + bias.detach().double()

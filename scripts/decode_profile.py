@@ -1,0 +1,33 @@
+"""Where a decoding step's GPU time goes: GPT-2 124M (random weights, bf16), the compiled CUDA-graph decoder, after
+a prompt of `prompt` tokens, one row per batch. Prints the kernels by total time over `steps` steps.
+
+    python scripts/decode_profile.py --batch=16 --steps=50
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from model import GPT, GPTConfig  # noqa: E402
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--batch", type=int, default=16)
+parser.add_argument("--prompt", type=int, default=300)
+parser.add_argument("--steps", type=int, default=50)
+parser.add_argument("--compile", type=int, default=1)
+args = parser.parse_args()
+
+torch.manual_seed(0)
+model = GPT(GPTConfig(vocab_size=50304, bias=False)).cuda().to(torch.bfloat16).eval()
+prompt = torch.randint(50304, (args.batch, args.prompt), device="cuda")
+tokens = model.generate(prompt, 10 + 2 * args.steps, temperature=0.0, compile=bool(args.compile))
+for _ in range(10):  # compile, record the graph
+    next(tokens)
+torch.cuda.synchronize()
+with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]) as prof:
+    for _ in range(args.steps):
+        next(tokens)
+    torch.cuda.synchronize()
+print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=90))
