@@ -197,19 +197,9 @@ def cached_attention(q, k, v, start_pos):
     T, L = q.size(-2), k.size(-2)
     query_pos = start_pos + torch.arange(T, device=q.device)
     visible = torch.arange(L, device=q.device)[None, :] <= query_pos[:, None]
-    one_query_compiled = T == 1 and torch.compiler.is_compiling()
-    if one_query_compiled:
-        # the same products written as broadcasts and sums: inductor fuses them with the mask and the softmax into
-        # its own kernels, where the matrix products would be two cuBLAS calls per layer with one row each (at
-        # batch 16 on an H100 those two were 0.14 ms of a 0.63 ms step; scripts/decode_profile.py)
-        scores = (q * k).sum(-1)[..., None, :]
-    else:
-        scores = q @ k.transpose(-2, -1)
-    scores = (scores * (q.size(-1) ** -0.5)).masked_fill(~visible, float("-inf"))
-    weights = F.softmax(scores.float(), dim=-1).to(q.dtype)
-    if one_query_compiled:
-        return (weights.transpose(-2, -1) * v).sum(-2, keepdim=True)
-    return weights @ v
+    scores = (q @ k.transpose(-2, -1)) * (q.size(-1) ** -0.5)
+    scores = scores.masked_fill(~visible, float("-inf"))
+    return F.softmax(scores.float(), dim=-1).to(q.dtype) @ v
 
 
 class KVCache:
