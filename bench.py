@@ -488,7 +488,8 @@ def has_float8_tensor_cores(device):
 
 
 def fast_settings(config, device):
-    """Every lever on: our Triton attention, the fused loss, fp8 where the GPU has it, fast_compile_mode."""
+    """Every lever on: our Triton attention, the fused loss, fast_compile_mode; fp8 too with fast_fp8=True on a GPU
+    that has float8 tensor cores."""
     return dict(config, attention=config["fast_attention"], fused_loss=True,
                 fp8=config["fast_fp8"] and has_float8_tensor_cores(device),
                 compile_mode=config["fast_compile_mode"], fused_adamw=True, bias=False)

@@ -309,6 +309,9 @@ def set_training_options(model, config, device):
     if config["fp8"] and device.startswith("cuda") and torch.cuda.get_device_capability(device) < (8, 9):
         raise SystemExit(f"error: fp8=True needs float8 tensor cores (H100/H200, compute capability 8.9+), and "
                          f"{torch.cuda.get_device_name(device)} has none; train with --fp8=False")
+    if config["fp8"] and model.config.n_embd % 16:
+        raise SystemExit(f"error: fp8=True needs n_embd a multiple of 16 (the float8 kernel's tile), got "
+                         f"{model.config.n_embd}; change n_embd or train with --fp8=False")
     model.config.fused_loss = config["fused_loss"]
     model.set_fp8(config["fp8"])
 

@@ -196,6 +196,8 @@ def test_bad_runs_fail_with_one_line(char_data_dir, tmp_path):
                         env={"TRITON_INTERPRET": ""})  # a CPU run, without the tests' interpreter switch
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error: attention='triton' needs a CUDA GPU")
+    result = run_script(train_flags(char_data_dir, tmp_path, "--fp8=True", "--n_embd=24", "--n_head=2"), check=False)
+    assert result.returncode != 0 and "fp8=True needs n_embd a multiple of 16" in result.stderr.strip().splitlines()[-1]
 
 
 def test_in_training_hellaswag(tmp_path, char_data_dir):
