@@ -13,11 +13,13 @@ value lands on the format's largest finite number (dynamic scaling, no history t
                  dW = dy^T @ x     accumulated and returned in float32, for the float32 master weights
 
 Only the inputs are rounded to 8 bits; the tensor cores sum the products in float32, or close to it (Hopper's
-float8 units keep a few bits fewer: tests/test_fp8.py allows for it). Whether it pays depends on width: every step also reads each activation twice more (its amax, then its
-cast) and writes transposed 8-bit copies for the weight gradient. On one H100 that cancelled the faster products
-for GPT-2 124M (768 wide: 0.99x) and not for a 2048-wide model (1.14x). The accuracy cost is measured too:
-BENCHMARKS.md compares fp8 and bf16 loss curves from the same seed.
-`torch._scaled_mm` also runs on the CPU, which is how the tests check this file without a GPU.
+float8 units keep a few bits fewer: tests/test_fp8.py allows for it).
+
+Whether it pays depends on width: every step also reads each activation twice more (its amax, then its cast) and
+writes transposed 8-bit copies for the weight gradient. On one H100 that cancelled the faster products for GPT-2
+124M (768 wide: 0.99x) and not for a 2048-wide model (1.14x). The accuracy cost is measured too: BENCHMARKS.md
+compares fp8 and bf16 loss curves from the same seed. `torch._scaled_mm` also runs on the CPU, which is how the
+tests check this file without a GPU.
 """
 
 import torch
