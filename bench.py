@@ -483,13 +483,10 @@ def baseline_settings(config):
                 bias=False)
 
 
-def has_float8_tensor_cores(device):
-    return is_cuda(device) and torch.cuda.get_device_capability(device) >= (8, 9)
-
-
 def fast_settings(config, device):
     """Every lever on: our Triton attention, the fused loss, fast_compile_mode; fp8 too with fast_fp8=True on a GPU
     that has float8 tensor cores."""
+    from fp8 import has_float8_tensor_cores
     return dict(config, attention=config["fast_attention"], fused_loss=True,
                 fp8=config["fast_fp8"] and has_float8_tensor_cores(device),
                 compile_mode=config["fast_compile_mode"], fused_adamw=True, bias=False)
@@ -519,6 +516,7 @@ def ablation_levers(config, device):
     if config["fast_attention"] != "sdpa":
         levers.append((f"attention={config['fast_attention']}", {"attention": config["fast_attention"]}))
     levers.append(("fused_loss", {"fused_loss": True}))
+    from fp8 import has_float8_tensor_cores
     if has_float8_tensor_cores(device):
         levers.append(("fp8", {"fp8": True}))
     if config["compile"]:

@@ -29,6 +29,12 @@ E4M3 = torch.float8_e4m3fn
 E5M2 = torch.float8_e5m2
 
 
+def has_float8_tensor_cores(device):
+    """Whether `device` is a GPU that multiplies float8 matrices: compute capability 8.9 (Ada) or 9.0+ (Hopper)."""
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
 def to_float8(x, dtype):
     """(x scaled and rounded to `dtype`, the inverse of the scale): x ~= x8.float() * inverse_scale."""
     largest = torch.finfo(dtype).max

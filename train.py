@@ -306,7 +306,8 @@ def build_model(config, meta, device):
 
 def set_training_options(model, config, device):
     """The options that change how a step is computed, not the weights: this run's, whatever the checkpoint had."""
-    if config["fp8"] and device.startswith("cuda") and torch.cuda.get_device_capability(device) < (8, 9):
+    from fp8 import has_float8_tensor_cores
+    if config["fp8"] and device.startswith("cuda") and not has_float8_tensor_cores(device):
         raise SystemExit(f"error: fp8=True needs float8 tensor cores (H100/H200, compute capability 8.9+), and "
                          f"{torch.cuda.get_device_name(device)} has none; train with --fp8=False")
     if config["fp8"] and model.config.n_embd % 16:

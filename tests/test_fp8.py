@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fp8 import E4M3, E5M2, fp8_linear, to_float8
+from fp8 import E4M3, E5M2, fp8_linear, has_float8_tensor_cores, to_float8
 from model import GPT, GPTConfig
 
 
@@ -28,7 +28,7 @@ def test_to_float8_scales_the_largest_value_to_the_format_maximum(dtype):
     assert torch.isfinite(zeros_inverse) and (zeros8.float() == 0).all()
 
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9) else [])
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and has_float8_tensor_cores("cuda") else [])
 
 
 @pytest.mark.parametrize("device", DEVICES)
