@@ -84,6 +84,8 @@ def fp8_linear(x, weight, bias=None):
     out_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
     rows = x.reshape(-1, x.size(-1))
     n_rows = rows.size(0)
-    y = Float8Matmul.apply(F.pad(rows, (0, 0, 0, -n_rows % 16)), weight, out_dtype)[:n_rows]
+    if n_rows % 16:
+        rows = F.pad(rows, (0, 0, 0, -n_rows % 16))
+    y = Float8Matmul.apply(rows, weight, out_dtype)[:n_rows]
     y = y.view(*x.shape[:-1], weight.size(0))
     return y if bias is None else y + bias.to(out_dtype)

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from fp8 import fp8_linear
+
 ATTENTION_CHOICES = ("auto", "triton", "sdpa", "reference")
 
 
@@ -130,7 +132,6 @@ class Linear(nn.Linear):
 
     def forward(self, x):
         if self.fp8 and self.training:
-            from fp8 import fp8_linear
             return fp8_linear(x, self.weight, self.bias)
         return super().forward(x)
 
