@@ -101,6 +101,8 @@ new_tokens = 500
 prompt_length = 16  # decoding starts after a prompt this long
 prefill_length = 512  # prompt length for the prefill measurement
 transformers_compare = True  # also time Hugging Face transformers' generate on the same weights (if installed)
+decode_compile_mode = "default"  # the compiled decoding step's mode (model.DECODE_COMPILE_MODES); another one is
+# timed beside 'default' in the same run
 # sizing
 params = 0.0  # model parameters, e.g. 124e6; 0 = counted from n_layer, n_embd, vocab_size (+ attention FLOPs)
 tokens = 0.0  # training tokens; 0 = 20 per parameter (Chinchilla)
@@ -635,6 +637,20 @@ def benchmark_ms(fn, device, grad_to_none=None):
     return statistics.median(times[1:])  # the first call warms up
 
 
+def graph_replay_ms(fn):
+    """Median milliseconds of fn() replayed from a CUDA graph: GPU time only. An eager forward+backward of GPT-2
+    size is short enough that Python and kernel launches can take longer than the kernels (BENCHMARKS.md), which
+    then measures the host; in a compiled training step the host runs ahead and only this time counts. None if
+    fn cannot be captured."""
+    from triton.testing import do_bench_cudagraph
+    try:
+        return do_bench_cudagraph(fn, rep=100, return_mode="median")
+    except Exception as error:  # a backend whose kernels cannot be captured: report the eager time only
+        print(f"    (no CUDA-graph timing: {type(error).__name__}: {str(error).splitlines()[0][:100]})", flush=True)
+        torch.cuda.synchronize()
+        return None
+
+
 def bench_attention_shape(shape, kernels, device, dtype):
     from flash_attention import attention_flops
     B, H, T, D = shape
@@ -653,12 +669,16 @@ def bench_attention_shape(shape, kernels, device, dtype):
         def forward_backward():
             attend(q, k, v).backward(grad_out)
 
+        def forward_backward_graphable():  # autograd.grad: no AccumulateGrad, which cannot be captured
+            return torch.autograd.grad(attend(q, k, v), (q, k, v), grad_out)
+
         try:
             from torch.nn.attention import sdpa_kernel
             with sdpa_kernel(backend) if backend is not None else nullcontext():
                 out = forward().float()
                 forward_ms = benchmark_ms(forward, device)
                 all_ms = benchmark_ms(forward_backward, device, grad_to_none=[q, k, v])
+                graph_ms = graph_replay_ms(forward_backward_graphable) if is_cuda(device) else None
         except Exception as error:  # e.g. a backend that does not support this GPU, shape or dtype
             row.update(status="unavailable", error=f"{type(error).__name__}: {str(error).strip()[:200]}")
             print(f"  {name}: unavailable ({row['error'].splitlines()[0]})", flush=True)
@@ -667,9 +687,13 @@ def bench_attention_shape(shape, kernels, device, dtype):
         first_out = out if first_out is None else first_out
         row.update(status="ok", fwd_ms=forward_ms, fwd_tflops=forward_flops / forward_ms * 1e-9,
                    fwd_bwd_ms=all_ms, fwd_bwd_tflops=3.5 * forward_flops / all_ms * 1e-9,
+                   fwd_bwd_graph_ms=graph_ms,
+                   fwd_bwd_graph_tflops=3.5 * forward_flops / graph_ms * 1e-9 if graph_ms else None,
                    rel_err_vs_first=((out - first_out).norm() / first_out.norm()).item())
+        graph_text = (f"   in a CUDA graph {graph_ms:8.3f} ms {row['fwd_bwd_graph_tflops']:7.1f} TFLOP/s"
+                      if graph_ms else "")
         print(f"  {name:<26} fwd {forward_ms:8.3f} ms {row['fwd_tflops']:7.1f} TFLOP/s   fwd+bwd {all_ms:8.3f} ms "
-              f"{row['fwd_bwd_tflops']:7.1f} TFLOP/s", flush=True)
+              f"{row['fwd_bwd_tflops']:7.1f} TFLOP/s{graph_text}", flush=True)
         rows.append(row)
         q.grad = k.grad = v.grad = None
     return rows
@@ -711,9 +735,10 @@ def inference_model(config, device, dtype):
     return model.to(dtype=getattr(torch, dtype)).eval()
 
 
-def ours_generate(model, use_cache, compile=False):
+def ours_generate(model, use_cache, compile=False, compile_mode="default"):
     def generate(prompt, n):
-        return torch.cat(list(model.generate(prompt, n, temperature=0.0, use_cache=use_cache, compile=compile)), dim=1)
+        return torch.cat(list(model.generate(prompt, n, temperature=0.0, use_cache=use_cache, compile=compile,
+                                             compile_mode=compile_mode)), dim=1)
     return generate
 
 
@@ -769,7 +794,10 @@ def bench_inference(config, device, dtype, results):
     # on a GPU the cached step is a replayed CUDA graph, of the torch.compiled step when compile=True (compiled in
     # the warm-up, untimed); the uncompiled graph is timed too, to show what compiling it is worth
     compiled = config["compile"] and is_cuda(device)
-    implementations = [("ours (KV cache)", ours_generate(model, True, compile=compiled))]
+    mode = config["decode_compile_mode"]
+    implementations = [("ours (KV cache)", ours_generate(model, True, compile=compiled, compile_mode=mode))]
+    if compiled and mode != "default":
+        implementations.append(("ours (KV cache, compile default)", ours_generate(model, True, compile=True)))
     if compiled:
         implementations.append(("ours (KV cache, no compile)", ours_generate(model, True)))
     implementations.append(("ours (no cache)", ours_generate(model, False)))
@@ -869,9 +897,12 @@ def report_train(train):
 def report_attention(attention):
     rows = [["x".join(map(str, r["shape"])), r["kernel"]]
             + ([f"{r['fwd_ms']:.3f}", f"{r['fwd_tflops']:.1f}", f"{r['fwd_bwd_ms']:.3f}", f"{r['fwd_bwd_tflops']:.1f}",
-                f"{r['rel_err_vs_first']:.1e}"] if r["status"] == "ok" else ["unavailable", "", "", "", ""])
+                f"{r['fwd_bwd_graph_ms']:.3f}" if r["fwd_bwd_graph_ms"] else "-",
+                f"{r['fwd_bwd_graph_tflops']:.1f}" if r["fwd_bwd_graph_ms"] else "-",
+                f"{r['rel_err_vs_first']:.1e}"] if r["status"] == "ok" else ["unavailable", "", "", "", "", "", ""])
             for r in attention["rows"]]
-    headers = ["shape", "kernel", "fwd ms", "fwd TFLOP/s", "fwd+bwd ms", "fwd+bwd TFLOP/s", "rel err vs first"]
+    headers = ["shape", "kernel", "fwd ms", "fwd TFLOP/s", "fwd+bwd ms", "fwd+bwd TFLOP/s", "graph fwd+bwd ms",
+               "graph TFLOP/s", "rel err vs first"]
     return "attention (causal; B x H x T x D)\n" + format_table(headers, rows)
 
 
@@ -952,6 +983,10 @@ def check_config(config):
     if config["warmup_steps"] < 1 or config["timed_steps"] < 1:
         raise SystemExit("error: warmup_steps and timed_steps must be at least 1 (compilation happens in warm-up)")
     if config["mode"] in ("inference", "all"):
+        from model import DECODE_COMPILE_MODES
+        if config["decode_compile_mode"] not in DECODE_COMPILE_MODES:
+            raise SystemExit(f"error: decode_compile_mode must be one of {', '.join(DECODE_COMPILE_MODES)}; "
+                             f"got {config['decode_compile_mode']!r}")
         if config["new_tokens"] < 2 or config["prompt_length"] < 1:
             raise SystemExit("error: inference needs new_tokens >= 2 and prompt_length >= 1")
         longest = max(config["prompt_length"] + config["new_tokens"], config["prefill_length"] + 1)

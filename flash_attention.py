@@ -111,16 +111,19 @@ def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, offs
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
         k = _load_tile(k_ptrs + start_n * stride_kt, cols, T, MASKED)
-        s = _dot(q, tl.trans(k), None, INPUT_PRECISION, UPCAST) * qk_scale  # scores, in log2 units
+        qk = _dot(q, tl.trans(k), None, INPUT_PRECISION, UPCAST)  # raw scores; the scale is applied below
         if MASKED:
             visible = (cols < T)[None, :]
             if CAUSAL:
                 visible = visible & (offs_m[:, None] >= cols[None, :])
-            s = tl.where(visible, s, float("-inf"))
-        # Online softmax. m_i starts at -inf, but the first tile a row sees always holds key 0, which every row may
-        # attend to, so m_new is finite from the first step on and exp2(m_i - m_new) never sees (-inf) - (-inf).
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
+            qk = tl.where(visible, qk, float("-inf"))
+        # Online softmax, in log2 units (qk_scale includes log2(e)). m_i starts at -inf, but the first tile a row
+        # sees always holds key 0, which every row may attend to, so m_new is finite from the first step on and
+        # exp2(m_i - m_new) never sees (-inf) - (-inf). The scale is applied to the row maxima rather than to the
+        # whole tile (it is positive, so it commutes with max), which makes scale-and-subtract one fused
+        # multiply-add per score: one instruction fewer per score, 2-3% of the forward at D=64 (BENCHMARKS.md).
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.exp2(qk * qk_scale - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = _load_tile(v_ptrs + start_n * stride_vt, cols, T, MASKED)

@@ -237,14 +237,21 @@ def _decode_step(model, token, caches, position):
     return model(token, kv_caches=caches, start_pos=position)[0]
 
 
+# torch.compile modes for the decoding step. The step is recorded into our own CUDA graphs, so modes that make
+# graphs themselves ('reduce-overhead', 'max-autotune') do not apply. 'max-autotune-no-cudagraphs' times Triton
+# matrix-product templates against cuBLAS for the one-row products and can fuse their neighbours into them: about 7%
+# less time per token on an H100, for 2-3x the compile time (BENCHMARKS.md, fourth session).
+DECODE_COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+
+
 @functools.cache
-def _compiled_decode_step():
+def _compiled_decode_step(mode="default"):
     # torch.compile fuses each layer's small operations (layer norms, GELU, residual adds, the attention over the
     # cache) into a few kernels, and a replayed step costs about as much as the kernels in it. Compiled on first use,
     # once per model and batch size with the cache length symbolic (CUDAGraphDecoder marks it), and once more for a
     # bucket that spans the whole buffer; each graph records the compiled kernels like any others. Made on first
     # call, not at import: torch.compile imports torch._dynamo, a second of start-up every user would pay.
-    return torch.compile(_decode_step)
+    return torch.compile(_decode_step, mode=mode)
 
 
 def cache_bucket(length, max_len, bucket=256):
@@ -264,11 +271,11 @@ class CUDAGraphDecoder:
     cache slots (masking those past the position): one graph per `cache_bucket`, recorded when first needed.
     """
 
-    def __init__(self, model, caches, token, compile=False):
+    def __init__(self, model, caches, token, compile=False, compile_mode="default"):
         self.model, self.caches = model, caches
         self.token = token.clone()
         self.position = torch.zeros(1, dtype=torch.long, device=token.device)
-        self.step = _compiled_decode_step() if compile else _decode_step
+        self.step = _compiled_decode_step(compile_mode) if compile else _decode_step
         self.compiled = compile
         self.graphs = {}  # cache bucket -> (graph, its logits tensor)
 
@@ -392,15 +399,19 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 eot_token=None, use_cache=True, generator=None, cuda_graph=True, compile=False):
+                 eot_token=None, use_cache=True, generator=None, cuda_graph=True, compile=False,
+                 compile_mode="default"):
         """Yield (B, 1) tensors of new tokens, one per step, so callers can stream them.
 
         temperature 0 is greedy decoding. Generation stops early once every row has produced
         `eot_token`. With `use_cache` each step runs the model on one new position only (on a GPU
         as a replayed CUDA graph, unless cuda_graph=False, and with compile=True a graph of the
-        torch.compiled step); past `block_size` tokens it falls back to recomputing the last
-        block_size positions, which is exactly what the uncached path does.
+        step torch.compiled in `compile_mode`, one of DECODE_COMPILE_MODES); past `block_size`
+        tokens it falls back to recomputing the last block_size positions, which is exactly what
+        the uncached path does.
         """
+        if compile_mode not in DECODE_COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {', '.join(DECODE_COMPILE_MODES)}, got {compile_mode!r}")
         B = idx.size(0)
         block_size = self.config.block_size
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
@@ -414,7 +425,7 @@ class GPT(nn.Module):
                               for _ in range(self.config.n_layer)]
                 if cached_len > 0 and idx.is_cuda and cuda_graph:
                     if decoder is None:
-                        decoder = CUDAGraphDecoder(self, caches, idx[:, -1:], compile)
+                        decoder = CUDAGraphDecoder(self, caches, idx[:, -1:], compile, compile_mode)
                     logits = decoder(idx[:, -1:], cached_len)
                 else:
                     logits, _ = self(idx[:, cached_len:], kv_caches=caches, start_pos=cached_len)

@@ -205,6 +205,7 @@ def test_bad_flag_fails_in_one_line():
     ("--batch_sizes=fast", "batch_sizes must be positive integers"),
     ("--fast_attention=flash", "fast_attention must be one of"),
     ("--ablate_compile_modes=turbo", "compile mode 'turbo'"),
+    ("--decode_compile_mode=reduce-overhead", "decode_compile_mode must be one of"),
     ("--new_tokens=100", "must fit in block_size"),
     ("--data_dir=/nonexistent", "no meta.json"),
 ])

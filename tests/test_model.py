@@ -164,15 +164,24 @@ def test_decode_step_with_tensor_position_matches_full_forward():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("batch_size,compile", [(1, False), (4, False), (4, True)])
-def test_cuda_graph_decoding_matches_eager(batch_size, compile):
+@pytest.mark.parametrize("batch_size,compile,compile_mode", [(1, False, "default"), (4, False, "default"),
+                                                             (4, True, "default"),
+                                                             (4, True, "max-autotune-no-cudagraphs")])
+def test_cuda_graph_decoding_matches_eager(batch_size, compile, compile_mode):
     # positions 240..299 of a 300-slot cache: the graph of the 256-slot bucket, then that of the last 44 slots
     model = GPT(tiny_config(block_size=300)).cuda().eval()
     randomize(model)
     prompt = torch.randint(0, 97, (batch_size, 240), device="cuda")
-    graphed = torch.cat(list(model.generate(prompt, 60, temperature=0.0, compile=compile)), dim=1)
+    graphed = torch.cat(list(model.generate(prompt, 60, temperature=0.0, compile=compile,
+                                            compile_mode=compile_mode)), dim=1)
     eager = torch.cat(list(model.generate(prompt, 60, temperature=0.0, cuda_graph=False)), dim=1)
     assert torch.equal(graphed, eager)
+
+
+def test_generate_rejects_compile_modes_that_make_their_own_graphs():
+    model = GPT(tiny_config()).eval()
+    with pytest.raises(ValueError, match="compile_mode must be one of default, max-autotune-no-cudagraphs"):
+        next(model.generate(torch.zeros(1, 3, dtype=torch.long), 1, compile=True, compile_mode="reduce-overhead"))
 
 
 def test_generate_stops_at_eot():

@@ -56,6 +56,10 @@ def test_errors_are_one_line(tiny_checkpoint, tmp_path):
     result = sample(corrupt, check=False)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {corrupt} is not a readable checkpoint")
+    result = sample(tiny_checkpoint, "--compile_mode=reduce-overhead", check=False)  # makes its own CUDA graphs
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == ["error: compile_mode must be one of default, "
+                                                  "max-autotune-no-cudagraphs, got 'reduce-overhead'"]
     result = sample(tiny_checkpoint, "--start=\u0298", check=False)  # not in the character vocabulary
     assert result.returncode != 0 and result.stdout == ""
     assert result.stderr.strip().splitlines() == ["error: character '\u0298' is not in this char tokenizer's "
