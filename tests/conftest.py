@@ -39,8 +39,16 @@ def corpus_text():
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             return f.read()[:60_000]
+    # a play in the same shape (speakers in capitals, then their lines), so the prompts the tests use ("ROMEO:",
+    # "KING:") are spelled by the character vocabulary on machines without ../shared
     words = "thou art the fairest rose of all that bloom in summer and in spring my love".split()
-    return "\n".join(" ".join(words[(i * 7 + j) % len(words)] for j in range(9)) for i in range(6000))
+    speakers = ("ROMEO:", "KING:", "JULIET:")
+    lines = []
+    for i in range(6000):
+        if i % 4 == 0:
+            lines.append("\n" + speakers[i // 4 % len(speakers)])
+        lines.append(" ".join(words[(i * 7 + j) % len(words)] for j in range(9)))
+    return "\n".join(lines)
 
 
 @pytest.fixture(scope="session")
