@@ -239,8 +239,9 @@ def _decode_step(model, token, caches, position):
 
 # torch.compile modes for the decoding step. The step is recorded into our own CUDA graphs, so modes that make
 # graphs themselves ('reduce-overhead', 'max-autotune') do not apply. 'max-autotune-no-cudagraphs' times Triton
-# matrix-product templates against cuBLAS for the one-row products and can fuse their neighbours into them: about 7%
-# less time per token on an H100, for 2-3x the compile time (BENCHMARKS.md, fourth session).
+# matrix-product templates against cuBLAS for the one-row products, for 2-3x the compile time. Measured per token:
+# 6-7% faster on one H100; on an H200, 5% slower at batch 1 and 3% faster at batch 16 (BENCHMARKS.md, fourth
+# session). So 'default' stays the default.
 DECODE_COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 

@@ -27,7 +27,8 @@ dtype = "auto"  # 'auto' (bfloat16 on CUDA where supported, else float32), 'floa
 attention = "auto"
 use_cache = True  # KV cache: each new token costs one position's work (on a GPU, one replayed CUDA graph)
 compile = False  # GPU: torch.compile the one-token step (a slower start, faster tokens: BENCHMARKS.md, inference)
-compile_mode = "default"  # with compile: 'default' or 'max-autotune-no-cudagraphs' (~7% faster tokens, 2-3x compile)
+compile_mode = "default"  # with compile: 'default' or 'max-autotune-no-cudagraphs' (2-3x the compile time; per
+# token 7% faster to 5% slower, depending on GPU and batch: BENCHMARKS.md, fourth session)
 DEFAULTS = config_from_globals(globals())
 # -----------------------------------------------------------------------------
 
