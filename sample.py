@@ -28,7 +28,7 @@ attention = "auto"
 use_cache = True  # KV cache: each new token costs one position's work (on a GPU, one replayed CUDA graph)
 compile = False  # GPU: torch.compile the one-token step (a slower start, faster tokens: BENCHMARKS.md, inference)
 compile_mode = "default"  # with compile: 'default' or 'max-autotune-no-cudagraphs' (2-3x the compile time; per
-# token 7% faster to 5% slower, depending on GPU and batch: BENCHMARKS.md, fourth session)
+# token 6-14% faster on H100s, -5% to +3% on an H200: BENCHMARKS.md, fourth session)
 DEFAULTS = config_from_globals(globals())
 # -----------------------------------------------------------------------------
 
