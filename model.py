@@ -245,6 +245,11 @@ def _decode_step(model, token, caches, position):
 DECODE_COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
+def check_decode_compile_mode(mode, name="compile_mode"):
+    if mode not in DECODE_COMPILE_MODES:
+        raise ValueError(f"{name} must be one of {', '.join(DECODE_COMPILE_MODES)}, got {mode!r}")
+
+
 @functools.cache
 def _compiled_decode_step(mode="default"):
     # torch.compile fuses each layer's small operations (layer norms, GELU, residual adds, the attention over the
@@ -411,8 +416,7 @@ class GPT(nn.Module):
         tokens it falls back to recomputing the last block_size positions, which is exactly what
         the uncached path does.
         """
-        if compile_mode not in DECODE_COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {', '.join(DECODE_COMPILE_MODES)}, got {compile_mode!r}")
+        check_decode_compile_mode(compile_mode)
         B = idx.size(0)
         block_size = self.config.block_size
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)

@@ -77,12 +77,10 @@ def generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, 
 
 def main(config):
     from checkpoint import load_model
-    from model import DECODE_COMPILE_MODES
+    from model import check_decode_compile_mode
     from train import resolve_device_and_dtype
 
-    if config["compile_mode"] not in DECODE_COMPILE_MODES:
-        raise SystemExit(f"error: compile_mode must be one of {', '.join(DECODE_COMPILE_MODES)}, "
-                         f"got {config['compile_mode']!r}")
+    check_decode_compile_mode(config["compile_mode"])  # before anything is loaded or printed
     device, dtype = resolve_device_and_dtype(config["device"], config["dtype"])
     torch.manual_seed(config["seed"])
     try:
