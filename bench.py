@@ -334,7 +334,7 @@ def time_steps(run_step, n_steps, device):
 def measure_training(settings, device, dtype):
     """Time `timed_steps` optimizer steps of a fresh model built from `settings`, after `warmup_steps` untimed
     ones. Returns a flat dict of measurements (see the module docstring for what each one means)."""
-    from model import mfu
+    from model import mfu, resolve_attention
     from train import autocast_context
     B, T, accumulation = settings["batch_size"], settings["block_size"], settings["gradient_accumulation_steps"]
     torch.manual_seed(settings["seed"])
@@ -375,7 +375,7 @@ def measure_training(settings, device, dtype):
     result = {
         "batch_size": B, "block_size": T, "gradient_accumulation_steps": accumulation,
         "tokens_per_step": tokens_per_step,
-        "attention": resolved_attention(settings["attention"], device), "fused_loss": settings["fused_loss"],
+        "attention": resolve_attention(settings["attention"], device), "fused_loss": settings["fused_loss"],
         "fp8": settings["fp8"],
         "compile": compiled, "compile_mode": settings["compile_mode"] if compiled else None,
         "fused_adamw": bool(optimizer.defaults.get("fused")), "dtype": dtype, "params": model.num_params(),
@@ -412,10 +412,6 @@ def profile_steps(run_step, n_steps, rows=25):
         us = e.self_device_time_total / n_steps
         lines.append(f"  {us / 1000:7.3f} ms {100 * us / total_us:5.1f}% {e.count // n_steps:4d}x  {e.key[:110]}")
     return "\n".join(lines)
-
-
-def resolved_attention(attention, device):
-    return attention if attention != "auto" else ("triton" if is_cuda(device) else "sdpa")  # as model.attend does
 
 
 def spread(values):

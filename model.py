@@ -85,11 +85,17 @@ def reference_attention(q, k, v, causal=True, dropout_p=0.0):
 _warned_triton_dropout = False
 
 
+def resolve_attention(mode, device):
+    """The implementation `mode` means on `device`: 'auto' is our Triton kernel on CUDA and SDPA elsewhere."""
+    if mode == "auto":
+        return "triton" if torch.device(device).type == "cuda" else "sdpa"
+    return mode
+
+
 def attend(q, k, v, mode, dropout_p=0.0):
     """Causal self-attention over (B, H, T, D) tensors with the chosen implementation."""
     global _warned_triton_dropout
-    if mode == "auto":
-        mode = "triton" if q.is_cuda else "sdpa"
+    mode = resolve_attention(mode, q.device)
     if mode == "triton" and dropout_p > 0:
         # our kernel has no dropout; say so once instead of silently computing something else
         if not _warned_triton_dropout:
@@ -194,7 +200,8 @@ def cached_attention(q, k, v, start_pos):
 
     Plain math rather than SDPA: decoding is a few queries against many keys, memory-bound either way, and SDPA's
     cuDNN backend (its choice on an H100 with torch 2.11) builds a new plan for every new key length, which made
-    each decoding step about 50 ms for GPT-2 small (bench.py --mode=inference, 2026-11-25)."""
+    each decoding step about 50 ms for GPT-2 small (bench.py --mode=inference, 2026-11-25). A one-query Triton
+    kernel in its place was slower under torch.compile (BENCHMARKS.md, fourth session)."""
     T, L = q.size(-2), k.size(-2)
     query_pos = start_pos + torch.arange(T, device=q.device)
     visible = torch.arange(L, device=q.device)[None, :] <= query_pos[:, None]
