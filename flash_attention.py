@@ -51,6 +51,9 @@ avoid atomics (and so be deterministic), each program of the backward kernel doe
 first it holds one key/value tile and loops over query tiles accumulating dK, dV; then it holds one query tile and
 loops over key tiles accumulating dQ. Each sum lives in one program's registers, so plain stores suffice. In causal
 mode the first half visits T - n0 rows and the second n0 + BLOCK columns, so every program does about the same work.
+The price is recomputing S and dP in the second half (7 matrix products per tile pair instead of 5). Adding dQ
+from the first half with atomics instead was measured on an H100, as per-element atomics and as TMA bulk
+reductions: slower at the GPT-2 shape, 2.8% faster at D=128 (BENCHMARKS.md, fourth session).
 
 Not here (model.py handles them): attention dropout, KV-cache decoding with T_q != T_k, head dims above 128.
 """
