@@ -27,8 +27,7 @@ dtype = "auto"  # 'auto' (bfloat16 on CUDA where supported, else float32), 'floa
 attention = "auto"
 use_cache = True  # KV cache: each new token costs one position's work (on a GPU, one replayed CUDA graph)
 compile = False  # GPU: torch.compile the one-token step (a slower start, faster tokens: BENCHMARKS.md, inference)
-compile_mode = "default"  # with compile: 'default' or 'max-autotune-no-cudagraphs' (2-3x the compile time; per
-# token 6-14% faster on H100s, -5% to +3% on an H200: BENCHMARKS.md, fourth session)
+compile_mode = "default"  # with compile: one of model.DECODE_COMPILE_MODES (what each costs and gains is noted there)
 DEFAULTS = config_from_globals(globals())
 # -----------------------------------------------------------------------------
 
