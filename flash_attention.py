@@ -142,15 +142,25 @@ def _attn_fwd(Q, K, V, O, LSE, qk_scale,
               stride_kb, stride_kh, stride_kt, stride_kd,
               stride_vb, stride_vh, stride_vt, stride_vd,
               stride_ob, stride_oh, stride_ot, stride_od,
-              H, T,
+              H, T, GROUP_HEADS,
               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
               INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     tl.static_assert(BLOCK_M % BLOCK_N == 0)  # so the causal diagonal starts on a key-tile boundary
-    pid_m = tl.program_id(0)
+    # Launch order. One program per (query tile, batch x head) on a 1-D grid, which the GPU starts in index order.
+    # The heads come in groups of GROUP_HEADS; within a group the programs go tile by tile, all the group's heads
+    # for one tile before the next tile. Programs running together then read the keys and values of a few heads
+    # only (they stay in L2), and, in causal mode, the later query tiles (which see more keys) are launched first,
+    # so the short ones fill the tail of each group instead of a long one running alone at the end of the grid.
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(T, BLOCK_M)
+    group = pid // (GROUP_HEADS * n_tiles)
+    first_bh = group * GROUP_HEADS
+    heads_in_group = tl.minimum(tl.num_programs(0) // n_tiles - first_bh, GROUP_HEADS)  # the last group may be short
+    rank = pid - first_bh * n_tiles
+    pid_m = rank // heads_in_group
+    off_bh = first_bh + rank % heads_in_group
     if CAUSAL:
-        # Later query tiles see more keys; launching them first leaves the short ones to fill the tail of the grid.
-        pid_m = tl.num_programs(0) - 1 - pid_m
-    off_bh = tl.program_id(1)
+        pid_m = n_tiles - 1 - pid_m
     off_b = (off_bh // H).to(tl.int64)  # int64: B*H*T*D can pass 2**31 elements
     off_h = (off_bh % H).to(tl.int64)
 
@@ -409,7 +419,7 @@ def _new_output_like(q):
 _POISON_OUTPUTS = False
 
 
-def _forward(q, k, v, causal, softmax_scale, config=None):
+def _forward(q, k, v, causal, softmax_scale, config=None, group_heads=1):
     """Launch the forward kernel. Returns out (B, H, T, D) contiguous and lse (B, H, T) fp32, base 2."""
     B, H, T, D = q.shape
     block_m, block_n, num_warps, num_stages = (config or _config(D, q.dtype, q.device))["fwd"]
@@ -418,9 +428,9 @@ def _forward(q, k, v, causal, softmax_scale, config=None):
     if B * H * T == 0:
         return out, lse
     input_precision, upcast = _kernel_flags(q.dtype)
-    grid = (triton.cdiv(T, block_m), B * H)
+    grid = (triton.cdiv(T, block_m) * B * H,)
     _attn_fwd[grid](q, k, v, out, lse, softmax_scale * LOG2_E,
-                    *q.stride(), *k.stride(), *v.stride(), *out.stride(), H, T,
+                    *q.stride(), *k.stride(), *v.stride(), *out.stride(), H, T, group_heads,
                     HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
                     INPUT_PRECISION=input_precision, UPCAST=upcast, num_warps=num_warps, num_stages=num_stages)
     return out, lse

@@ -358,11 +358,14 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, kv_caches=None, start_pos=0):
+    def forward(self, idx, targets=None, kv_caches=None, start_pos=0, last_logits_only=False):
         """idx (B, T) token ids -> (logits (B, T, vocab_size), mean cross-entropy or None).
 
         targets == -1 are ignored. With `kv_caches` (one KVCache per layer) the tokens are taken
-        to sit at positions start_pos.. and the caches are filled as a side effect.
+        to sit at positions start_pos.. and the caches are filled as a side effect. With
+        `last_logits_only` (generation: only the next token is wanted) logits are (B, 1, vocab_size),
+        for the last position: the output layer is the largest product in the model, and T - 1 of
+        its rows would be thrown away.
         """
         B, T = idx.size()
         if not torch.is_tensor(start_pos) and start_pos + T > self.config.block_size:
@@ -371,6 +374,10 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if kv_caches is None else kv_caches[i], start_pos)
+        if last_logits_only:
+            if targets is not None:
+                raise ValueError("last_logits_only is for generation: it cannot be combined with targets")
+            x = x[:, -1:]
         x = self.transformer.ln_f(x)
         if targets is not None and self.config.fused_loss and torch.is_grad_enabled():
             # training: the loss and its gradients chunk by chunk; no full logits exist (None is returned)
@@ -440,10 +447,11 @@ class GPT(nn.Module):
                         decoder = CUDAGraphDecoder(self, caches, idx[:, -1:], compile, compile_mode)
                     logits = decoder(idx[:, -1:], cached_len)
                 else:
-                    logits, _ = self(idx[:, cached_len:], kv_caches=caches, start_pos=cached_len)
+                    logits, _ = self(idx[:, cached_len:], kv_caches=caches, start_pos=cached_len,
+                                     last_logits_only=True)
                 cached_len = idx.size(1)
             else:
-                logits, _ = self(idx[:, -block_size:])
+                logits, _ = self(idx[:, -block_size:], last_logits_only=True)
             next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
             if eot_token is not None:
                 next_token = torch.where(finished[:, None], torch.full_like(next_token, eot_token), next_token)

@@ -1,7 +1,7 @@
 """Where a decoding step's GPU time goes: GPT-2 124M (random weights, bf16), the compiled CUDA-graph decoder, after
 a prompt of `prompt` tokens, one row per batch. Prints the kernels by total time over `steps` steps.
 
-    python scripts/decode_profile.py --batch=16 --steps=50
+    python scripts/decode_profile.py --batch=16 --steps=50 [--compile_mode=max-autotune-no-cudagraphs]
 """
 import argparse
 import os
@@ -17,12 +17,14 @@ parser.add_argument("--batch", type=int, default=16)
 parser.add_argument("--prompt", type=int, default=300)
 parser.add_argument("--steps", type=int, default=50)
 parser.add_argument("--compile", type=int, default=1)
+parser.add_argument("--compile_mode", default="default")
 args = parser.parse_args()
 
 torch.manual_seed(0)
 model = GPT(GPTConfig(vocab_size=50304, bias=False)).cuda().to(torch.bfloat16).eval()
 prompt = torch.randint(50304, (args.batch, args.prompt), device="cuda")
-tokens = model.generate(prompt, 10 + 2 * args.steps, temperature=0.0, compile=bool(args.compile))
+tokens = model.generate(prompt, 10 + 2 * args.steps, temperature=0.0, compile=bool(args.compile),
+                        compile_mode=args.compile_mode)
 for _ in range(10):  # compile, record the graph
     next(tokens)
 torch.cuda.synchronize()
@@ -30,4 +32,7 @@ with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA, to
     for _ in range(args.steps):
         next(tokens)
     torch.cuda.synchronize()
-print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=90))
+events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+print(f"GPU time per step: {sum(e.time_range.elapsed_us() for e in events) / args.steps:.1f} us, "
+      f"{len(events) / args.steps:.1f} kernels per step")
+print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90))

@@ -21,6 +21,19 @@ def test_padded_vocab_and_logit_shape():
     assert logits.shape == (3, 10, 97) and loss is None
 
 
+def test_last_logits_only_is_the_last_row_of_the_full_logits():
+    model = GPT(tiny_config()).eval()
+    randomize(model)
+    idx = torch.randint(0, 97, (3, 11))
+    with torch.no_grad():
+        full, _ = model(idx)
+        last, _ = model(idx, last_logits_only=True)
+    assert last.shape == (3, 1, 97)
+    torch.testing.assert_close(last, full[:, -1:], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="targets"):
+        model(idx, idx, last_logits_only=True)
+
+
 def test_loss_at_init_is_log_vocab():
     torch.manual_seed(torch.seed())
     model = GPT(tiny_config(vocab_size=500, n_embd=64))

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Fifth session, one GPU call: the forward kernel's launch order against cuDNN, where a batch-16 decoding step
+# goes with max-autotune, and bench.py's inference table (generate now computes only the last position's logits).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/env.log"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/env.log"
+git log --oneline -1 | tee -a "$OUT/env.log"
+for stage in "$@"; do
+  case $stage in
+    order) timeout 240 python3 scripts/attention_launch_order.py > "$OUT/order.log" 2>&1; tail -40 "$OUT/order.log" ;;
+    fatests) timeout 150 python3 -m pytest tests/test_flash_attention.py -q -x 2> -q -x -n 8 2>&11 | tail -4 | tee "$OUT/fatests.log" ;;
+    profile) timeout 200 python3 scripts/decode_profile.py --batch=16 --steps=50 --compile_mode=max-autotune-no-cudagraphs > "$OUT/profile.log" 2>&1; head -60 "$OUT/profile.log" | cut -c1-150 | grep -v "^-" ;;
+    inference) timeout 300 python3 bench.py --mode=inference --transformers_compare=False --json="$OUT/inference.json" > "$OUT/inference.log" 2>&1; tail -14 "$OUT/inference.log" ;;
+    attention) timeout 120 python3 bench.py --mode=attention --json="$OUT/attention.json" > "$OUT/attention.log" 2>&1; tail -10 "$OUT/attention.log" ;;
+  esac
+done
