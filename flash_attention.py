@@ -570,6 +570,143 @@ def flash_attention(q, k, v, causal=True, softmax_scale=None):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Decoding: one new query per row against a KV cache (flash-decoding).
+#
+# A decoding step has a single query per (batch, head), so the forward kernel's parallelism over query tiles is gone:
+# one program per (batch, head) would walk the whole cache alone, one tile after another, and leave most of the GPU
+# idle (a version of that measured slower than plain torch ops, BENCHMARKS.md, fourth session). Instead the keys are
+# cut into splits, one program each, and every program computes the softmax of its split on its own: its local
+# maximum m_s, denominator l_s and unnormalized sum acc_s = sum_j exp(s_j - m_s) v_j. A second, tiny kernel merges
+# them exactly as the online softmax merges tiles: with M = max_s m_s,
+#
+#     out = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s
+#
+# The cache is read once, by many programs at a time, which is all a memory-bound step can ask for. One query row
+# makes the products matrix-vector ones, so they are elementwise products and sums here, not tl.dot.
+
+_DECODE_BLOCK_N = 64  # cache slots per tile
+_DECODE_MAX_SPLITS = 64  # at most this many partial results per (batch, head): the merge holds them all at once
+
+
+@triton.jit
+def _decode_split(Q, K, V, POS, PART_ACC, PART_M, PART_L, qk_scale,
+                  stride_qb, stride_qh, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                  H, L, TILES_PER_SPLIT,
+                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+    # Program (split, bh): the softmax-weighted sum of the values in cache slots
+    # [split * TILES_PER_SPLIT * BLOCK_N, (split + 1) * TILES_PER_SPLIT * BLOCK_N), for the slots the query can see.
+    split = tl.program_id(0)
+    off_bh = tl.program_id(1)
+    off_b = (off_bh // H).to(tl.int64)
+    off_h = (off_bh % H).to(tl.int64)
+    # The query's position: slots 0..last are visible (later ones are empty or stale). Clamped so that a position
+    # past the cache can never read outside it.
+    last = tl.minimum(tl.load(POS), L - 1)
+    lo = split * TILES_PER_SPLIT * BLOCK_N
+    if lo <= last:  # splits wholly past the position have nothing to do; the merge skips them
+        offs_d = tl.arange(0, HEAD_DIM)
+        offs_n = tl.arange(0, BLOCK_N)
+        # the head dim is contiguous in q, k and v (the wrapper sees to it), so each row loads in 16-byte pieces
+        q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + offs_d).to(tl.float32)
+        k_ptrs = K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :]
+        v_ptrs = V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :]
+        m = tl.full([], float("-inf"), dtype=tl.float32)
+        l = tl.full([], 0.0, dtype=tl.float32)
+        acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+        hi = tl.minimum(lo + TILES_PER_SPLIT * BLOCK_N, last + 1)
+        for start_n in range(lo, hi, BLOCK_N):  # the online softmax of the forward kernel, one query row
+            cols = start_n + offs_n
+            visible = cols <= last
+            k = tl.load(k_ptrs + start_n * stride_kt, mask=visible[:, None], other=0.0).to(tl.float32)
+            s = tl.sum(k * q[None, :], axis=1) * qk_scale  # this tile's scores, log2 units
+            s = tl.where(visible, s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=0))  # finite: every tile visited holds a visible slot
+            p = tl.exp2(s - m_new)
+            alpha = tl.exp2(m - m_new)
+            l = l * alpha + tl.sum(p, axis=0)
+            v = tl.load(v_ptrs + start_n * stride_vt, mask=visible[:, None], other=0.0).to(tl.float32)
+            acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+            m = m_new
+        part = off_bh * tl.num_programs(0) + split
+        tl.store(PART_ACC + part * HEAD_DIM + offs_d, acc)
+        tl.store(PART_M + part, m)
+        tl.store(PART_L + part, l)
+
+
+@triton.jit
+def _decode_merge(PART_ACC, PART_M, PART_L, POS, O, stride_ob, stride_oh, H, L, N_SPLITS, SPLIT_SLOTS,
+                  HEAD_DIM: tl.constexpr, MAX_SPLITS: tl.constexpr):
+    # Program bh: merge the partial softmaxes of the splits that hold visible slots into the output row.
+    off_bh = tl.program_id(0)
+    last = tl.minimum(tl.load(POS), L - 1)
+    splits = tl.arange(0, MAX_SPLITS)
+    used = (splits < N_SPLITS) & (splits * SPLIT_SLOTS <= last)  # split 0 always is: slot 0 is always visible
+    part = off_bh * N_SPLITS + splits
+    m = tl.load(PART_M + part, mask=used, other=float("-inf"))
+    l = tl.load(PART_L + part, mask=used, other=0.0)
+    offs_d = tl.arange(0, HEAD_DIM)
+    acc = tl.load(PART_ACC + part[:, None] * HEAD_DIM + offs_d[None, :], mask=used[:, None], other=0.0)
+    weight = tl.exp2(m - tl.max(m, axis=0))  # unused splits: exp2(-inf) = 0
+    out = tl.sum(weight[:, None] * acc, axis=0) / tl.sum(weight * l, axis=0)
+    off_b = (off_bh // H).to(tl.int64)
+    off_h = (off_bh % H).to(tl.int64)
+    tl.store(O + off_b * stride_ob + off_h * stride_oh + offs_d, out.to(O.dtype.element_ty))
+
+
+def decode_supported(q, k):
+    """Whether flash_decode takes these shapes: one query row, a head dim that is a power of two in [16, 128]."""
+    D = q.shape[-1]
+    return (q.dim() == 4 and q.shape[2] == 1 and k.dim() == 4 and q.dtype in SUPPORTED_DTYPES
+            and 16 <= D <= MAX_HEAD_DIM and D & (D - 1) == 0)
+
+
+def _decode(q, k, v, position):
+    B, H, _, D = q.shape
+    L = k.shape[2]
+    tiles = triton.cdiv(L, _DECODE_BLOCK_N)
+    tiles_per_split = triton.cdiv(tiles, _DECODE_MAX_SPLITS)
+    n_splits = triton.cdiv(tiles, tiles_per_split)
+    out = _new_output((B, 1, H, D), q).transpose(1, 2)  # stored (B, 1, H, D): the model's (B, 1, C) for free
+    if B * H == 0:
+        return out
+    part_acc = torch.empty((B * H, n_splits, D), dtype=torch.float32, device=q.device)
+    part_m = torch.empty((B * H, n_splits), dtype=torch.float32, device=q.device)
+    part_l = torch.empty((B * H, n_splits), dtype=torch.float32, device=q.device)
+    q, k, v = (x if x.stride(3) == 1 else x.contiguous() for x in (q, k, v))
+    _decode_split[(n_splits, B * H)](q, k, v, position, part_acc, part_m, part_l, D ** -0.5 * LOG2_E,
+                                     *q.stride()[:2], *k.stride()[:3], *v.stride()[:3], H, L, tiles_per_split,
+                                     HEAD_DIM=D, BLOCK_N=_DECODE_BLOCK_N, num_warps=4)
+    _decode_merge[(B * H,)](part_acc, part_m, part_l, position, out, out.stride(0), out.stride(1),
+                            H, L, n_splits, tiles_per_split * _DECODE_BLOCK_N,
+                            HEAD_DIM=D, MAX_SPLITS=_DECODE_MAX_SPLITS, num_warps=4)
+    return out
+
+
+@torch.library.custom_op("gpt::flash_decode", mutates_args=())
+def _flash_decode_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    return _decode(q, k, v, position)
+
+
+@_flash_decode_op.register_fake
+def _(q, k, v, position):
+    B, H, _, D = q.shape
+    return q.new_empty((B, 1, H, D)).transpose(1, 2)
+
+
+def flash_decode(q, k, v, position):
+    """Attention of one new query per row over a KV cache: q (B, H, 1, D), k and v (B, H, L, D) (any strides, e.g. a
+    prefix of a larger cache buffer), position a 1-element int64 tensor on q's device. The query sees cache slots
+    0..position (clamped to L - 1); later slots are ignored whatever they hold. Returns (B, H, 1, D), stored as (B, 1, H, D). Inference
+    only (no autograd); check decode_supported(q, k) first."""
+    if not decode_supported(q, k) or k.shape != v.shape or k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
+        raise FlashAttentionError(f"flash_decode: needs q (B, H, 1, D) with D a power of two in [16, 128] and k, v "
+                                  f"(B, H, L, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if torch.compiler.is_compiling():
+        return _flash_decode_op(q, k, v, position)  # an opaque op with a known output shape, no graph break
+    return _decode(q, k, v, position)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Tuning: `python flash_attention.py` times the candidate block configs below on one GPU. The comparison with
 # torch's SDPA backends is bench.py's (`python bench.py --mode=attention`).
 

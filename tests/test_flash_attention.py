@@ -308,3 +308,79 @@ def test_gpu_strided_inputs():
         return [x.transpose(1, 2).contiguous().transpose(1, 2).detach() for x in (q, k, v)]
 
     check_against_reference((4, 12, 1000, 64), torch.bfloat16, True, device="cuda", make_views=transposed)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# flash_decode: one query row per (batch, head) over a KV cache, as a decoding step calls it.
+
+
+def decode_reference(q, k, v, position):
+    """Float64 math: the query attends over cache slots 0..position."""
+    q, k, v = (x.double() for x in (q, k, v))
+    scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    hidden = torch.arange(k.shape[2], device=q.device) > position
+    return scores.masked_fill(hidden, float("-inf")).softmax(-1) @ v
+
+
+def check_decode(B, H, L, D, positions, dtype, device=DEVICE, max_len=None):
+    generator, seed = fresh_generator(device)
+    # the model's layouts: q a strided view of the (B, 1, 3C) projection, k and v a prefix of a larger cache buffer
+    qkv = torch.randn(B, 1, 3 * H * D, generator=generator, device=device).to(dtype)
+    q = qkv[..., H * D:2 * H * D].view(B, 1, H, D).transpose(1, 2)
+    cache_k, cache_v = (torch.randn(B, H, max_len or L + 7, D, generator=generator, device=device).to(dtype)
+                        for _ in range(2))
+    k, v = cache_k[:, :, :L], cache_v[:, :, :L]
+    for position in positions:
+        out = fa.flash_decode(q, k, v, torch.tensor([position], device=device))
+        assert out.shape == (B, H, 1, D) and out.transpose(1, 2).is_contiguous()
+        # the bf16/fp16 bound is the output's own rounding (2^-8 relative): the sums are fp32
+        assert_close(f"decode L={L} position={position}", out, decode_reference(q, k, v, position),
+                     1e-5 if dtype == torch.float32 else 5e-3, seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("L,D", [(1, 16), (64, 32), (150, 64), (256, 128)])
+def test_decode_matches_float64(L, D, dtype):
+    # positions: the first slot, both sides of a tile boundary (64 slots), the last slot
+    positions = sorted({0, min(63, L - 1), min(64, L - 1), L - 1})
+    check_decode(2, 3, L, D, positions, dtype)
+
+
+def test_decode_splits_of_several_tiles():
+    # more tiles than _DECODE_MAX_SPLITS: each program then folds several tiles before the merge
+    L = (fa._DECODE_MAX_SPLITS + 6) * fa._DECODE_BLOCK_N
+    check_decode(1, 1, L, 16, [0, 64 * 3 - 1, L // 2, L - 1], torch.float32)
+
+
+def test_decode_ignores_slots_past_the_position():
+    # stale values (here: huge ones, and NaN) in slots after the position must not leak into the output
+    generator, seed = fresh_generator()
+    q, k, v = (torch.randn(1, 2, n, 32, generator=generator, device=DEVICE) for n in (1, 100, 100))
+    clean = fa.flash_decode(q, k, v, torch.tensor([40], device=DEVICE))
+    k[:, :, 41:], v[:, :, 41:] = 1e4, float("nan")
+    assert torch.equal(fa.flash_decode(q, k, v, torch.tensor([40], device=DEVICE)), clean)
+
+
+def test_decode_under_torch_compile():
+    # fullgraph: the custom op must trace as one node, with the output layout its fake implementation promises
+    generator, seed = fresh_generator()
+    q, k, v = (torch.randn(2, 2, n, 16, generator=generator, device=DEVICE) for n in (1, 80, 80))
+    position = torch.tensor([70], device=DEVICE)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *a: fa.flash_decode(*a).transpose(1, 2).reshape(2, 1, 32), fullgraph=True)
+    out = compiled(q, k, v, position)
+    assert_close("compiled decode", out, decode_reference(q, k, v, 70).transpose(1, 2).reshape(2, 1, 32), 1e-5, seed)
+    torch.library.opcheck(torch.ops.gpt.flash_decode.default, (q, k, v, position))
+
+
+def test_decode_bad_inputs_raise():
+    q = torch.randn(1, 2, 2, 32, device=DEVICE)  # two query rows: not a decoding step
+    with pytest.raises(fa.FlashAttentionError, match="flash_decode"):
+        fa.flash_decode(q, q, q, torch.tensor([0], device=DEVICE))
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("B,L", [(1, 1024), (16, 512), (16, 1024)])
+def test_gpu_decode_real_shapes(B, L, dtype):
+    check_decode(B, 12, L, 64, [0, 255, 300, L - 1], dtype, device="cuda", max_len=1024)

@@ -155,11 +155,16 @@ def test_cache_bucket():
     assert cache_bucket(17, 20, bucket=8) == 20
 
 
-def test_decode_step_with_tensor_position_matches_full_forward():
+@pytest.mark.parametrize("attention", ["sdpa", "triton"])
+def test_decode_step_with_tensor_position_matches_full_forward(attention):
     # the CUDA-graph decoder's path: position as a tensor, attention over a prefix of the cache buffer with the
-    # unfilled slots masked, writing through the prefix into the full cache. Its logits for each new token must equal those of a full forward over the sequence so far.
-    model = GPT(tiny_config()).eval()
+    # unfilled slots masked, writing through the prefix into the full cache. Its logits for each new token must
+    # equal those of a full forward over the sequence so far, computed by a twin with the plain-math attention.
+    # attention='triton' decodes with flash_attention.flash_decode (in Triton's interpreter on the CPU).
+    model = GPT(tiny_config(attention=attention)).eval()
     randomize(model)
+    reference = GPT(tiny_config(attention="reference")).eval()
+    reference.load_state_dict(model.state_dict())
     config = model.config
     idx = torch.randint(0, 97, (3, 20))
     caches = [KVCache(3, config.n_head, config.block_size, config.n_embd // config.n_head, "cpu", torch.float32)
@@ -172,17 +177,19 @@ def test_decode_step_with_tensor_position_matches_full_forward():
             prefixes = [cache.prefix(bucket) for cache in caches]
             step_logits, _ = model(idx[:, position:position + 1], kv_caches=prefixes,
                                    start_pos=torch.tensor([position]))
-            full_logits, _ = model(idx[:, :position + 1])
+            full_logits, _ = reference(idx[:, :position + 1])
             torch.testing.assert_close(step_logits[:, 0], full_logits[:, -1], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("batch_size,compile,compile_mode", [(1, False, "default"), (4, False, "default"),
-                                                             (4, True, "default"),
-                                                             (4, True, "max-autotune-no-cudagraphs")])
-def test_cuda_graph_decoding_matches_eager(batch_size, compile, compile_mode):
-    # positions 240..299 of a 300-slot cache: the graph of the 256-slot bucket, then that of the last 44 slots
-    model = GPT(tiny_config(block_size=300)).cuda().eval()
+@pytest.mark.parametrize("batch_size,compile,compile_mode,attention", [
+    (1, False, "default", "sdpa"), (4, False, "default", "sdpa"), (4, True, "default", "sdpa"),
+    (4, True, "max-autotune-no-cudagraphs", "sdpa"), (1, False, "default", "triton"), (4, True, "default", "triton"),
+    (4, True, "max-autotune-no-cudagraphs", "triton")])
+def test_cuda_graph_decoding_matches_eager(batch_size, compile, compile_mode, attention):
+    # positions 240..299 of a 300-slot cache: the graph of the 256-slot bucket, then that of the last 44 slots.
+    # attention='triton' decodes with flash_decode, over the bucket in the graph and the filled prefix eagerly.
+    model = GPT(tiny_config(block_size=300, attention=attention)).cuda().eval()
     randomize(model)
     prompt = torch.randint(0, 97, (batch_size, 240), device="cuda")
     graphed = torch.cat(list(model.generate(prompt, 60, temperature=0.0, compile=compile,
