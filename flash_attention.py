@@ -653,10 +653,10 @@ def _decode_merge(PART_ACC, PART_M, PART_L, POS, O, stride_ob, stride_oh, H, L, 
     tl.store(O + off_b * stride_ob + off_h * stride_oh + offs_d, out.to(O.dtype.element_ty))
 
 
-def decode_supported(q, k):
+def decode_supported(q, k_cache):
     """Whether flash_decode takes these shapes: one query row, a head dim that is a power of two in [16, 128]."""
     D = q.shape[-1]
-    return (q.dim() == 4 and q.shape[2] == 1 and k.dim() == 4 and q.dtype in SUPPORTED_DTYPES
+    return (q.dim() == 4 and q.shape[2] == 1 and k_cache.dim() == 4 and q.dtype in SUPPORTED_DTYPES
             and 16 <= D <= MAX_HEAD_DIM and D & (D - 1) == 0)
 
 
@@ -682,28 +682,44 @@ def _decode(q, k, v, position):
     return out
 
 
-@torch.library.custom_op("gpt::flash_decode", mutates_args=())
-def _flash_decode_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-    return _decode(q, k, v, position)
+def _store_and_decode(q, k, v, k_cache, v_cache, position):
+    k_cache.index_copy_(2, position, k)
+    v_cache.index_copy_(2, position, v)
+    return _decode(q, k_cache, v_cache, position)
+
+
+# One op both stores the new key/value and attends. Were the store a separate torch op, torch.compile would hand this
+# op a functional copy of the whole updated cache (it cannot tell the kernel reads the stored slot in place): a full
+# copy of both caches per layer per step, which made a batch-16 GPT-2 step 1.8x slower on an H100 (BENCHMARKS.md,
+# fifth session). Declaring the caches mutated lets it update them in place instead.
+@torch.library.custom_op("gpt::flash_decode", mutates_args=("k_cache", "v_cache"))
+def _flash_decode_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                     v_cache: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    return _store_and_decode(q, k, v, k_cache, v_cache, position)
 
 
 @_flash_decode_op.register_fake
-def _(q, k, v, position):
+def _(q, k, v, k_cache, v_cache, position):
     B, H, _, D = q.shape
     return q.new_empty((B, 1, H, D)).transpose(1, 2)
 
 
-def flash_decode(q, k, v, position):
-    """Attention of one new query per row over a KV cache: q (B, H, 1, D), k and v (B, H, L, D) (any strides, e.g. a
-    prefix of a larger cache buffer), position a 1-element int64 tensor on q's device. The query sees cache slots
-    0..position (clamped to L - 1); later slots are ignored whatever they hold. Returns (B, H, 1, D), stored as (B, 1, H, D). Inference
-    only (no autograd); check decode_supported(q, k) first."""
-    if not decode_supported(q, k) or k.shape != v.shape or k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
-        raise FlashAttentionError(f"flash_decode: needs q (B, H, 1, D) with D a power of two in [16, 128] and k, v "
-                                  f"(B, H, L, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+def flash_decode(q, k, v, k_cache, v_cache, position):
+    """One decoding step's attention: store the new key and value k, v (B, H, 1, D) in slot `position` of the caches
+    k_cache, v_cache (B, H, L, D; any strides with the head dim contiguous, e.g. a prefix of a larger buffer), then
+    attend the query q (B, H, 1, D) over cache slots 0..position (clamped to L - 1); later slots are ignored whatever
+    they hold. position is a 1-element int64 tensor on q's device. Returns (B, H, 1, D), stored as (B, 1, H, D).
+    Inference only (no autograd); check decode_supported(q, k_cache) first."""
+    shapes_ok = (decode_supported(q, k_cache) and k.shape == v.shape == q.shape and k_cache.shape == v_cache.shape
+                 and k_cache.shape[:2] == q.shape[:2] and k_cache.shape[3] == q.shape[3]
+                 and k.dtype == v.dtype == k_cache.dtype == v_cache.dtype == q.dtype)
+    if not shapes_ok:
+        raise FlashAttentionError(f"flash_decode: needs q, k, v (B, H, 1, D) with D a power of two in [16, 128] and "
+                                  f"caches (B, H, L, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}, "
+                                  f"{tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
     if torch.compiler.is_compiling():
-        return _flash_decode_op(q, k, v, position)  # an opaque op with a known output shape, no graph break
-    return _decode(q, k, v, position)
+        return _flash_decode_op(q, k, v, k_cache, v_cache, position)  # opaque to the compiler, no graph break
+    return _store_and_decode(q, k, v, k_cache, v_cache, position)
 
 
 # ----------------------------------------------------------------------------------------------------------------

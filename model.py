@@ -160,11 +160,7 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is None:
             y = attend(q, k, v, self.attention, self.dropout if self.training else 0.0)
         else:
-            k, v = kv_cache.update(k, v, start_pos)
-            if isinstance(start_pos, int) and start_pos == 0:
-                y = attend(q, k, v, self.attention)  # prefill: ordinary causal attention
-            else:
-                y = cached_attention(q, k, v, start_pos, self.attention)
+            y = kv_cache.attend(q, k, v, start_pos, self.attention)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -194,21 +190,15 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-def cached_attention(q, k, v, start_pos, mode="sdpa"):
+def cached_attention(q, k, v, start_pos):
     """Attention of T new queries at positions start_pos.. over cached keys 0..L-1; each query sees the keys at or
     before its own position (keys past it are the new ones to its right, or cache slots not yet filled).
 
-    One new query per row (a decoding step) with mode 'triton' (or 'auto' on CUDA) runs our flash-decoding kernel
-    (flash_attention.flash_decode). Otherwise plain math rather than SDPA: decoding is a few queries against many
-    keys, memory-bound either way, and SDPA's cuDNN backend (its choice on an H100 with torch 2.11) builds a new plan
-    for every new key length, which made each decoding step about 50 ms for GPT-2 small (bench.py
-    --mode=inference, 2026-11-25)."""
+    Plain math rather than SDPA: decoding is a few queries against many keys, memory-bound either way, and SDPA's
+    cuDNN backend (its choice on an H100 with torch 2.11) builds a new plan for every new key length, which made
+    each decoding step about 50 ms for GPT-2 small (bench.py --mode=inference, 2026-11-25)."""
     T, L = q.size(-2), k.size(-2)
     query_pos = start_pos + torch.arange(T, device=q.device)
-    if resolve_attention(mode, q.device) == "triton" and T == 1:
-        from flash_attention import decode_supported, flash_decode
-        if decode_supported(q, k):
-            return flash_decode(q, k, v, query_pos)
     visible = torch.arange(L, device=q.device)[None, :] <= query_pos[:, None]
     scores = (q @ k.transpose(-2, -1)) * (q.size(-1) ** -0.5)
     scores = scores.masked_fill(~visible, float("-inf"))
@@ -228,6 +218,20 @@ class KVCache:
         view = copy.copy(self)
         view.k, view.v = self.k[:, :, :length], self.v[:, :, :length]
         return view
+
+    def attend(self, q, k, v, start_pos, mode):
+        """Store the new keys and values k, v (B, H, T, D) at positions start_pos.. and return the attention of the
+        new queries q over everything cached so far. With mode 'triton' (or 'auto' on CUDA) a decoding step (T=1)
+        runs our flash-decoding kernel, which stores and attends in one op; otherwise plain math."""
+        if resolve_attention(mode, q.device) == "triton" and q.size(2) == 1:
+            from flash_attention import decode_supported, flash_decode
+            if decode_supported(q, self.k):
+                position = start_pos + torch.arange(1, device=q.device)  # a tensor whether start_pos is or not
+                return flash_decode(q, k, v, self.k, self.v, position)
+        k, v = self.update(k, v, start_pos)
+        if isinstance(start_pos, int) and start_pos == 0:
+            return attend(q, k, v, mode)  # prefill: ordinary causal attention
+        return cached_attention(q, k, v, start_pos)
 
     def update(self, k, v, start_pos):
         """Store k, v at positions start_pos.. and return the keys and values to attend to. With an int start_pos

@@ -11,7 +11,9 @@ git log --oneline -1 | tee -a "$OUT/env.log"
 for stage in "$@"; do
   case $stage in
     order) timeout 240 python3 scripts/attention_launch_order.py > "$OUT/order.log" 2>&1; tail -40 "$OUT/order.log" ;;
-    fatests) timeout 150 python3 -m pytest tests/test_flash_attention.py -q -x 2> -q -x -n 8 2>&11 | tail -4 | tee "$OUT/fatests.log" ;;
+    fatests) timeout 200 python3 -m pytest tests/test_flash_attention.py -q -x > "$OUT/fatests.log" 2>&1; tail -4 "$OUT/fatests.log" ;;
+    dtests) timeout 200 python3 -m pytest tests/test_flash_attention.py tests/test_model.py -q -x -k "decode or cuda_graph" > "$OUT/dtests.log" 2>&1; tail -4 "$OUT/dtests.log" ;;
+    inference_sdpa) timeout 200 python3 bench.py --mode=inference --attention=sdpa --inference_batch_sizes=16 --transformers_compare=False --json="$OUT/inference_sdpa.json" > "$OUT/inference_sdpa.log" 2>&1; tail -8 "$OUT/inference_sdpa.log" ;;
     profile) timeout 200 python3 scripts/decode_profile.py --batch=16 --steps=50 --compile_mode=max-autotune-no-cudagraphs > "$OUT/profile.log" 2>&1; head -60 "$OUT/profile.log" | cut -c1-150 | grep -v "^-" ;;
     inference) timeout 240 python3 bench.py --mode=inference --transformers_compare=False --json="$OUT/inference.json" > "$OUT/inference.log" 2>&1; tail -14 "$OUT/inference.log" ;;
     attention) timeout 120 python3 bench.py --mode=attention --json="$OUT/attention.json" > "$OUT/attention.log" 2>&1; tail -10 "$OUT/attention.log" ;;

@@ -324,17 +324,22 @@ def decode_reference(q, k, v, position):
 
 def check_decode(B, H, L, D, positions, dtype, device=DEVICE, max_len=None):
     generator, seed = fresh_generator(device)
-    # the model's layouts: q a strided view of the (B, 1, 3C) projection, k and v a prefix of a larger cache buffer
-    qkv = torch.randn(B, 1, 3 * H * D, generator=generator, device=device).to(dtype)
-    q = qkv[..., H * D:2 * H * D].view(B, 1, H, D).transpose(1, 2)
-    cache_k, cache_v = (torch.randn(B, H, max_len or L + 7, D, generator=generator, device=device).to(dtype)
-                        for _ in range(2))
-    k, v = cache_k[:, :, :L], cache_v[:, :, :L]
+    # the model's layouts: q, k, v strided views of the (B, 1, 3C) projection, the caches a prefix of a larger buffer
     for position in positions:
-        out = fa.flash_decode(q, k, v, torch.tensor([position], device=device))
+        qkv = torch.randn(B, 1, 3 * H * D, generator=generator, device=device).to(dtype)
+        q, k, v = (x.view(B, 1, H, D).transpose(1, 2) for x in qkv.split(H * D, dim=2))
+        buffers = [torch.randn(B, H, max_len or L + 7, D, generator=generator, device=device).to(dtype)
+                   for _ in range(2)]
+        k_cache, v_cache = (b[:, :, :L] for b in buffers)
+        untouched = [b.clone() for b in buffers]
+        out = fa.flash_decode(q, k, v, k_cache, v_cache, torch.tensor([position], device=device))
+        # the new key and value landed in slot `position` of the buffers, and nothing else changed
+        for buffer, before, new in zip(buffers, untouched, (k, v)):
+            before[:, :, position] = new[:, :, 0]
+            assert torch.equal(buffer, before), f"cache contents wrong after the store (seed {seed})"
         assert out.shape == (B, H, 1, D) and out.transpose(1, 2).is_contiguous()
         # the bf16/fp16 bound is the output's own rounding (2^-8 relative): the sums are fp32
-        assert_close(f"decode L={L} position={position}", out, decode_reference(q, k, v, position),
+        assert_close(f"decode L={L} position={position}", out, decode_reference(q, k_cache, v_cache, position),
                      1e-5 if dtype == torch.float32 else 5e-3, seed)
 
 
@@ -355,28 +360,36 @@ def test_decode_splits_of_several_tiles():
 def test_decode_ignores_slots_past_the_position():
     # stale values (here: huge ones, and NaN) in slots after the position must not leak into the output
     generator, seed = fresh_generator()
-    q, k, v = (torch.randn(1, 2, n, 32, generator=generator, device=DEVICE) for n in (1, 100, 100))
-    clean = fa.flash_decode(q, k, v, torch.tensor([40], device=DEVICE))
-    k[:, :, 41:], v[:, :, 41:] = 1e4, float("nan")
-    assert torch.equal(fa.flash_decode(q, k, v, torch.tensor([40], device=DEVICE)), clean)
+    q, k, v, k_cache, v_cache = (torch.randn(1, 2, n, 32, generator=generator, device=DEVICE)
+                                 for n in (1, 1, 1, 100, 100))
+    position = torch.tensor([40], device=DEVICE)
+    clean = fa.flash_decode(q, k, v, k_cache, v_cache, position)
+    k_cache[:, :, 41:], v_cache[:, :, 41:] = 1e4, float("nan")
+    assert torch.equal(fa.flash_decode(q, k, v, k_cache, v_cache, position), clean)
 
 
 def test_decode_under_torch_compile():
-    # fullgraph: the custom op must trace as one node, with the output layout its fake implementation promises
+    # fullgraph: the custom op must trace as one node, with the output layout its fake implementation promises, and
+    # its stores into the caches must reach the caller's tensors
     generator, seed = fresh_generator()
-    q, k, v = (torch.randn(2, 2, n, 16, generator=generator, device=DEVICE) for n in (1, 80, 80))
+    q, k, v, k_cache, v_cache = (torch.randn(2, 2, n, 16, generator=generator, device=DEVICE)
+                                 for n in (1, 1, 1, 80, 80))
     position = torch.tensor([70], device=DEVICE)
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    expected_k[:, :, 70:71], expected_v[:, :, 70:71] = k, v
+    expected = decode_reference(q, expected_k, expected_v, 70).transpose(1, 2).reshape(2, 1, 32)
     torch._dynamo.reset()
     compiled = torch.compile(lambda *a: fa.flash_decode(*a).transpose(1, 2).reshape(2, 1, 32), fullgraph=True)
-    out = compiled(q, k, v, position)
-    assert_close("compiled decode", out, decode_reference(q, k, v, 70).transpose(1, 2).reshape(2, 1, 32), 1e-5, seed)
-    torch.library.opcheck(torch.ops.gpt.flash_decode.default, (q, k, v, position))
+    out = compiled(q, k, v, k_cache, v_cache, position)
+    assert_close("compiled decode", out, expected, 1e-5, seed)
+    assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
+    torch.library.opcheck(torch.ops.gpt.flash_decode.default, (q, k, v, k_cache, v_cache, position))
 
 
 def test_decode_bad_inputs_raise():
     q = torch.randn(1, 2, 2, 32, device=DEVICE)  # two query rows: not a decoding step
     with pytest.raises(fa.FlashAttentionError, match="flash_decode"):
-        fa.flash_decode(q, q, q, torch.tensor([0], device=DEVICE))
+        fa.flash_decode(q, q, q, q, q, torch.tensor([0], device=DEVICE))
 
 
 @needs_gpu
