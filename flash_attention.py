@@ -589,42 +589,54 @@ _DECODE_MAX_SPLITS = 64  # at most this many partial results per (batch, head): 
 
 
 @triton.jit
-def _decode_split(Q, K, V, POS, PART_ACC, PART_M, PART_L, qk_scale,
-                  stride_qb, stride_qh, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, qk_scale,
+                  stride_qb, stride_qh, stride_knb, stride_knh, stride_vnb, stride_vnh,
+                  stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
                   H, L, TILES_PER_SPLIT,
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
     # Program (split, bh): the softmax-weighted sum of the values in cache slots
     # [split * TILES_PER_SPLIT * BLOCK_N, (split + 1) * TILES_PER_SPLIT * BLOCK_N), for the slots the query can see.
+    # The slot at the query's own position gets this step's key and value (K_NEW, V_NEW): the program whose split
+    # holds it stores them there and uses them from registers, so no program reads that slot from memory.
     split = tl.program_id(0)
     off_bh = tl.program_id(1)
     off_b = (off_bh // H).to(tl.int64)
     off_h = (off_bh % H).to(tl.int64)
     # The query's position: slots 0..last are visible (later ones are empty or stale). Clamped so that a position
-    # past the cache can never read outside it.
+    # past the cache can never touch memory outside it.
     last = tl.minimum(tl.load(POS), L - 1)
     lo = split * TILES_PER_SPLIT * BLOCK_N
     if lo <= last:  # splits wholly past the position have nothing to do; the merge skips them
         offs_d = tl.arange(0, HEAD_DIM)
         offs_n = tl.arange(0, BLOCK_N)
-        # the head dim is contiguous in q, k and v (the wrapper sees to it), so each row loads in 16-byte pieces
+        # the head dim is contiguous in every input (the wrapper sees to it), so rows load in 16-byte pieces
         q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + offs_d).to(tl.float32)
+        k_new = tl.load(K_NEW + off_b * stride_knb + off_h * stride_knh + offs_d)
+        v_new = tl.load(V_NEW + off_b * stride_vnb + off_h * stride_vnh + offs_d)
         k_ptrs = K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :]
         v_ptrs = V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :]
+        hi = tl.minimum(lo + TILES_PER_SPLIT * BLOCK_N, last + 1)
+        if hi == last + 1:  # this split holds the query's slot: append the new key and value to the cache
+            tl.store(K + off_b * stride_kb + off_h * stride_kh + last * stride_kt + offs_d, k_new)
+            tl.store(V + off_b * stride_vb + off_h * stride_vh + last * stride_vt + offs_d, v_new)
         m = tl.full([], float("-inf"), dtype=tl.float32)
         l = tl.full([], 0.0, dtype=tl.float32)
         acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
-        hi = tl.minimum(lo + TILES_PER_SPLIT * BLOCK_N, last + 1)
         for start_n in range(lo, hi, BLOCK_N):  # the online softmax of the forward kernel, one query row
             cols = start_n + offs_n
-            visible = cols <= last
-            k = tl.load(k_ptrs + start_n * stride_kt, mask=visible[:, None], other=0.0).to(tl.float32)
+            # both loads first, so that their memory latencies overlap
+            stored = (cols < last)[:, None]  # slots filled by earlier steps
+            k = tl.load(k_ptrs + start_n * stride_kt, mask=stored, other=0.0)
+            v = tl.load(v_ptrs + start_n * stride_vt, mask=stored, other=0.0)
+            is_new = (cols == last)[:, None]
+            k = tl.where(is_new, k_new[None, :], k).to(tl.float32)
+            v = tl.where(is_new, v_new[None, :], v).to(tl.float32)
             s = tl.sum(k * q[None, :], axis=1) * qk_scale  # this tile's scores, log2 units
-            s = tl.where(visible, s, float("-inf"))
+            s = tl.where(cols <= last, s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=0))  # finite: every tile visited holds a visible slot
             p = tl.exp2(s - m_new)
             alpha = tl.exp2(m - m_new)
             l = l * alpha + tl.sum(p, axis=0)
-            v = tl.load(v_ptrs + start_n * stride_vt, mask=visible[:, None], other=0.0).to(tl.float32)
             acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
             m = m_new
         part = off_bh * tl.num_programs(0) + split
@@ -660,9 +672,9 @@ def decode_supported(q, k_cache):
             and 16 <= D <= MAX_HEAD_DIM and D & (D - 1) == 0)
 
 
-def _decode(q, k, v, position):
+def _decode(q, k, v, k_cache, v_cache, position):
     B, H, _, D = q.shape
-    L = k.shape[2]
+    L = k_cache.shape[2]
     tiles = triton.cdiv(L, _DECODE_BLOCK_N)
     tiles_per_split = triton.cdiv(tiles, _DECODE_MAX_SPLITS)
     n_splits = triton.cdiv(tiles, tiles_per_split)
@@ -673,8 +685,11 @@ def _decode(q, k, v, position):
     part_m = torch.empty((B * H, n_splits), dtype=torch.float32, device=q.device)
     part_l = torch.empty((B * H, n_splits), dtype=torch.float32, device=q.device)
     q, k, v = (x if x.stride(3) == 1 else x.contiguous() for x in (q, k, v))
-    _decode_split[(n_splits, B * H)](q, k, v, position, part_acc, part_m, part_l, D ** -0.5 * LOG2_E,
-                                     *q.stride()[:2], *k.stride()[:3], *v.stride()[:3], H, L, tiles_per_split,
+    if k_cache.stride(3) != 1 or v_cache.stride(3) != 1:  # stores must land in the caller's tensors: no copies
+        raise FlashAttentionError("flash_decode: the caches' head dim must be contiguous (stride 1)")
+    _decode_split[(n_splits, B * H)](q, k, v, k_cache, v_cache, position, part_acc, part_m, part_l,
+                                     D ** -0.5 * LOG2_E, *q.stride()[:2], *k.stride()[:2], *v.stride()[:2],
+                                     *k_cache.stride()[:3], *v_cache.stride()[:3], H, L, tiles_per_split,
                                      HEAD_DIM=D, BLOCK_N=_DECODE_BLOCK_N, num_warps=4)
     _decode_merge[(B * H,)](part_acc, part_m, part_l, position, out, out.stride(0), out.stride(1),
                             H, L, n_splits, tiles_per_split * _DECODE_BLOCK_N,
@@ -682,20 +697,15 @@ def _decode(q, k, v, position):
     return out
 
 
-def _store_and_decode(q, k, v, k_cache, v_cache, position):
-    k_cache.index_copy_(2, position, k)
-    v_cache.index_copy_(2, position, v)
-    return _decode(q, k_cache, v_cache, position)
-
-
 # One op both stores the new key/value and attends. Were the store a separate torch op, torch.compile would hand this
-# op a functional copy of the whole updated cache (it cannot tell the kernel reads the stored slot in place): a full
-# copy of both caches per layer per step, which made a batch-16 GPT-2 step 1.8x slower on an H100 (BENCHMARKS.md,
-# fifth session). Declaring the caches mutated lets it update them in place instead.
+# op a functional copy of each updated cache, i.e. copy both caches in full for every layer and step: a batch-16
+# GPT-2 step took 1.17 ms that way instead of about 0.7 (H100, BENCHMARKS.md, fifth session). An op that declares
+# the caches mutated is given the caches themselves. The store happens inside the kernel, which also saves two
+# small copy kernels per layer.
 @torch.library.custom_op("gpt::flash_decode", mutates_args=("k_cache", "v_cache"))
 def _flash_decode_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                      v_cache: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-    return _store_and_decode(q, k, v, k_cache, v_cache, position)
+    return _decode(q, k, v, k_cache, v_cache, position)
 
 
 @_flash_decode_op.register_fake
@@ -719,7 +729,7 @@ def flash_decode(q, k, v, k_cache, v_cache, position):
                                   f"{tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
     if torch.compiler.is_compiling():
         return _flash_decode_op(q, k, v, k_cache, v_cache, position)  # opaque to the compiler, no graph break
-    return _store_and_decode(q, k, v, k_cache, v_cache, position)
+    return _decode(q, k, v, k_cache, v_cache, position)
 
 
 # ----------------------------------------------------------------------------------------------------------------

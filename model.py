@@ -226,7 +226,7 @@ class KVCache:
         if resolve_attention(mode, q.device) == "triton" and q.size(2) == 1:
             from flash_attention import decode_supported, flash_decode
             if decode_supported(q, self.k):
-                position = start_pos + torch.arange(1, device=q.device)  # a tensor whether start_pos is or not
+                position = start_pos if torch.is_tensor(start_pos) else torch.full((1,), start_pos, device=q.device)
                 return flash_decode(q, k, v, self.k, self.v, position)
         k, v = self.update(k, v, start_pos)
         if isinstance(start_pos, int) and start_pos == 0:

@@ -161,13 +161,15 @@ def test_decode_step_with_tensor_position_matches_full_forward(attention):
     # unfilled slots masked, writing through the prefix into the full cache. Its logits for each new token must
     # equal those of a full forward over the sequence so far, computed by a twin with the plain-math attention.
     # attention='triton' decodes with flash_attention.flash_decode (in Triton's interpreter on the CPU).
+    device = "cuda" if attention == "triton" and torch.cuda.is_available() else "cpu"
     model = GPT(tiny_config(attention=attention)).eval()
     randomize(model)
     reference = GPT(tiny_config(attention="reference")).eval()
     reference.load_state_dict(model.state_dict())
+    model, reference = model.to(device), reference.to(device)
     config = model.config
-    idx = torch.randint(0, 97, (3, 20))
-    caches = [KVCache(3, config.n_head, config.block_size, config.n_embd // config.n_head, "cpu", torch.float32)
+    idx = torch.randint(0, 97, (3, 20), device=device)
+    caches = [KVCache(3, config.n_head, config.block_size, config.n_embd // config.n_head, device, torch.float32)
               for _ in range(config.n_layer)]
     with torch.no_grad():
         model(idx[:, :8], kv_caches=caches, start_pos=0)  # prefill
@@ -176,7 +178,7 @@ def test_decode_step_with_tensor_position_matches_full_forward(attention):
             bucket = cache_bucket(position + 1, config.block_size, bucket=8)
             prefixes = [cache.prefix(bucket) for cache in caches]
             step_logits, _ = model(idx[:, position:position + 1], kv_caches=prefixes,
-                                   start_pos=torch.tensor([position]))
+                                   start_pos=torch.tensor([position], device=device))
             full_logits, _ = reference(idx[:, :position + 1])
             torch.testing.assert_close(step_logits[:, 0], full_logits[:, -1], rtol=1e-5, atol=1e-5)
 
