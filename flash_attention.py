@@ -362,24 +362,27 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, Delta, qk_scale, sm_scale,
 # ----------------------------------------------------------------------------------------------------------------
 # Launch configuration. Fixed per (head dim, dtype): no autotuning, so nothing is timed at start-up and results are
 # reproducible run to run. Numbers picked on an H100 with `python flash_attention.py` (see BENCHMARKS.md).
-# fwd = (BLOCK_M, BLOCK_N, num_warps, num_stages); bwd = (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, num_warps, num_stages)
+# fwd = (BLOCK_M, BLOCK_N, num_warps, num_stages, GROUP_HEADS); bwd = (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, num_warps,
+# num_stages). GROUP_HEADS is the forward's launch order (see _attn_fwd): against the old order (1), 32 made the GPT-2
+# shape's forward 3-4% faster and 8 the D=128 shape's 2-7% (H100, BENCHMARKS.md, fifth session).
 
 _GPU_CONFIGS = {
     # fp16/bf16, by head dim. For D=128 the backward needs 8 warps to keep its two BLOCK_N1 x D fp32 accumulators
     # (dK, dV) in registers: with 4 warps ptxas spills them to local memory.
-    16: {"fwd": (64, 64, 4, 3), "bwd": (16, 64, 64, 64, 4, 3)},
-    32: {"fwd": (64, 64, 4, 3), "bwd": (16, 64, 64, 64, 4, 3)},
-    64: {"fwd": (64, 64, 4, 3), "bwd": (16, 64, 64, 64, 4, 3)},
-    128: {"fwd": (128, 64, 8, 4), "bwd": (64, 128, 128, 64, 8, 2)},
+    16: {"fwd": (64, 64, 4, 3, 32), "bwd": (16, 64, 64, 64, 4, 3)},
+    32: {"fwd": (64, 64, 4, 3, 32), "bwd": (16, 64, 64, 64, 4, 3)},
+    64: {"fwd": (64, 64, 4, 3, 32), "bwd": (16, 64, 64, 64, 4, 3)},
+    128: {"fwd": (128, 64, 8, 4, 8), "bwd": (64, 128, 128, 64, 8, 2)},
 }
 # fp32 runs on the CUDA cores (input_precision="ieee", so fp32 really is fp32, not tf32). Its blocked layouts hold
 # more per thread, so tiles are small and warps many: the largest that ptxas fits without spilling (not timed).
 _GPU_FP32_CONFIGS = {
-    64: {"fwd": (64, 32, 8, 2), "bwd": (16, 64, 64, 16, 8, 2)},  # D <= 64
-    128: {"fwd": (32, 16, 8, 2), "bwd": (16, 32, 32, 16, 8, 2)},
+    64: {"fwd": (64, 32, 8, 2, 1), "bwd": (16, 64, 64, 16, 8, 2)},  # D <= 64
+    128: {"fwd": (32, 16, 8, 2, 1), "bwd": (16, 32, 32, 16, 8, 2)},
 }
 # In the interpreter, small tiles give tiny test shapes several tiles, a diagonal and a ragged tail to get right.
-_INTERPRETER_CONFIG = {"fwd": (32, 16, 4, 1), "bwd": (16, 32, 32, 16, 4, 1)}
+# Heads in groups of 4 there, so that the tests' B x H (often not a multiple of 4) meets a short last group.
+_INTERPRETER_CONFIG = {"fwd": (32, 16, 4, 1, 4), "bwd": (16, 32, 32, 16, 4, 1)}
 
 
 def _interpreting():
@@ -419,10 +422,10 @@ def _new_output_like(q):
 _POISON_OUTPUTS = False
 
 
-def _forward(q, k, v, causal, softmax_scale, config=None, group_heads=1):
+def _forward(q, k, v, causal, softmax_scale, config=None):
     """Launch the forward kernel. Returns out (B, H, T, D) contiguous and lse (B, H, T) fp32, base 2."""
     B, H, T, D = q.shape
-    block_m, block_n, num_warps, num_stages = (config or _config(D, q.dtype, q.device))["fwd"]
+    block_m, block_n, num_warps, num_stages, group_heads = (config or _config(D, q.dtype, q.device))["fwd"]
     out = _new_output_like(q)
     lse = _new_output((B, H, T), q, torch.float32)
     if B * H * T == 0:
@@ -672,11 +675,14 @@ def decode_supported(q, k_cache):
             and 16 <= D <= MAX_HEAD_DIM and D & (D - 1) == 0)
 
 
-def _decode(q, k, v, k_cache, v_cache, position):
+def _decode(q, k, v, k_cache, v_cache, position, config=None):
+    """config (tuning only): (BLOCK_N, tiles per split or None for the fewest that keep <= _DECODE_MAX_SPLITS splits,
+    num_warps, num_stages)."""
     B, H, _, D = q.shape
     L = k_cache.shape[2]
-    tiles = triton.cdiv(L, _DECODE_BLOCK_N)
-    tiles_per_split = triton.cdiv(tiles, _DECODE_MAX_SPLITS)
+    block_n, tiles_per_split, num_warps, num_stages = config or (_DECODE_BLOCK_N, None, 4, 3)
+    tiles = triton.cdiv(L, block_n)
+    tiles_per_split = max(tiles_per_split or 1, triton.cdiv(tiles, _DECODE_MAX_SPLITS))
     n_splits = triton.cdiv(tiles, tiles_per_split)
     out = _new_output((B, 1, H, D), q).transpose(1, 2)  # stored (B, 1, H, D): the model's (B, 1, C) for free
     if B * H == 0:
@@ -690,9 +696,9 @@ def _decode(q, k, v, k_cache, v_cache, position):
     _decode_split[(n_splits, B * H)](q, k, v, k_cache, v_cache, position, part_acc, part_m, part_l,
                                      D ** -0.5 * LOG2_E, *q.stride()[:2], *k.stride()[:2], *v.stride()[:2],
                                      *k_cache.stride()[:3], *v_cache.stride()[:3], H, L, tiles_per_split,
-                                     HEAD_DIM=D, BLOCK_N=_DECODE_BLOCK_N, num_warps=4)
+                                     HEAD_DIM=D, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
     _decode_merge[(B * H,)](part_acc, part_m, part_l, position, out, out.stride(0), out.stride(1),
-                            H, L, n_splits, tiles_per_split * _DECODE_BLOCK_N,
+                            H, L, n_splits, tiles_per_split * block_n,
                             HEAD_DIM=D, MAX_SPLITS=_DECODE_MAX_SPLITS, num_warps=4)
     return out
 
@@ -775,14 +781,17 @@ def sweep(B, H, T, D, dtype=torch.bfloat16, causal=True):
                      2.5 * flops, dq)
 
 
-# Candidates for the sweep, by head dim: fwd (BLOCK_M, BLOCK_N, warps, stages); bwd (M1, N1, M2, N2, warps, stages).
+# Candidates for the sweep, by head dim: fwd (BLOCK_M, BLOCK_N, warps, stages, GROUP_HEADS); bwd (M1, N1, M2, N2,
+# warps, stages).
 # Pre-screened without a GPU by compiling for sm_90 and reading registers and spills (cuobjdump -res-usage); the
 # dev machine's newer Triton allocates registers differently from the GPU's, so that screen is only rough.
 _SWEEP_FWD = {
-    64: [(64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 32, 4, 3),
-         (64, 32, 4, 4), (64, 64, 4, 2), (64, 64, 4, 5), (128, 128, 8, 2), (128, 32, 4, 3)],
-    128: [(128, 64, 8, 4), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 4), (128, 32, 8, 4), (128, 64, 8, 5),
-          (64, 64, 4, 3), (64, 32, 4, 4), (128, 128, 8, 2)],
+    64: [(64, 64, 4, 3, 32), (64, 64, 4, 4, 32), (128, 64, 4, 3, 32), (128, 64, 8, 3, 32), (128, 128, 8, 3, 32),
+         (64, 32, 4, 3, 32), (64, 32, 4, 4, 32), (64, 64, 4, 2, 32), (64, 64, 4, 5, 32), (128, 128, 8, 2, 32),
+         (128, 32, 4, 3, 32), (64, 64, 4, 3, 1), (64, 64, 4, 3, 16)],
+    128: [(128, 64, 8, 4, 8), (128, 64, 8, 3, 8), (128, 128, 8, 3, 8), (64, 64, 4, 4, 8), (128, 32, 8, 4, 8),
+          (128, 64, 8, 5, 8), (64, 64, 4, 3, 8), (64, 32, 4, 4, 8), (128, 128, 8, 2, 8), (128, 64, 8, 4, 1),
+          (128, 64, 8, 4, 4)],
 }
 _SWEEP_BWD = {
     64: [(16, 64, 64, 64, 4, 3), (16, 64, 64, 32, 4, 3), (32, 64, 64, 32, 4, 3), (16, 64, 64, 16, 4, 3),

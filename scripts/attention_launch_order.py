@@ -1,4 +1,5 @@
 """Forward-kernel launch order (flash_attention._attn_fwd's GROUP_HEADS) against cuDNN, on one GPU, bf16, causal.
+Group 1 is the order before the fifth session (all of one head's query tiles, then the next head's).
 
     python scripts/attention_launch_order.py
 
@@ -24,12 +25,16 @@ for round_ in range(2):
         torch.manual_seed(round_)
         q, k, v, dout = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16) for _ in range(4))
         scale = D ** -0.5
-        reference = original_forward(q, k, v, True, scale)[0]
+        tiles = fa._config(D, q.dtype, q.device)["fwd"][:4]
+
+        def config(group):
+            return {"fwd": (*tiles, group), "bwd": fa._config(D, q.dtype, q.device)["bwd"]}
+        reference = original_forward(q, k, v, True, scale, config(1))[0]
         groups = sorted({1, 2, 4, 8, 16, 32, B * H})
         for group in groups:
-            out = original_forward(q, k, v, True, scale, group_heads=group)[0]
+            out = original_forward(q, k, v, True, scale, config(group))[0]
             assert torch.equal(out, reference), f"group {group} changed the output"
-            ms = do_bench(lambda: original_forward(q, k, v, True, scale, group_heads=group), warmup=25, rep=200,
+            ms = do_bench(lambda: original_forward(q, k, v, True, scale, config(group)), warmup=25, rep=200,
                           return_mode="median")
             results.setdefault((D, "fwd", group), []).append(ms)
             print(f"round {round_} D={D} fwd group {group:>3}: {ms:.4f} ms", flush=True)
@@ -42,7 +47,7 @@ for round_ in range(2):
                         out = torch.nn.functional.scaled_dot_product_attention(qg, kg, vg, is_causal=True)
                     return torch.autograd.grad(out, (qg, kg, vg), dout)
             else:
-                fa._forward = functools.partial(original_forward, group_heads=group)
+                fa._forward = functools.partial(original_forward, config=config(group))
 
                 def step():
                     return torch.autograd.grad(fa.flash_attention(qg, kg, vg, causal=True), (qg, kg, vg), dout)

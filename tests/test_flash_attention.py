@@ -156,7 +156,7 @@ def test_broadcast_gradient_from_sum():
 GPU_TILE_CONFIGS = {
     "d64-tiles": fa._GPU_CONFIGS[64],
     "d128-tiles": fa._GPU_CONFIGS[128],
-    "candidate-tiles": {"fwd": (128, 64, 4, 3), "bwd": (16, 64, 64, 32, 4, 3)},  # M1 != N2; see _SWEEP_BWD
+    "candidate-tiles": {"fwd": (128, 64, 4, 3, 2), "bwd": (16, 64, 64, 32, 4, 3)},  # M1 != N2; see _SWEEP_BWD
 }
 
 
@@ -164,9 +164,10 @@ GPU_TILE_CONFIGS = {
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 def test_gpu_tile_shapes_in_interpreter(causal, config_name):
     # The H100 tile configurations through the interpreter, with T=300 so that the ratios between tile sizes, the
-    # diagonal split and the ragged tail are exercised as they run on the GPU.
+    # diagonal split and the ragged tail are exercised as they run on the GPU; 3 heads, so that the launch order's
+    # groups of heads (GROUP_HEADS) end in a short group.
     generator, seed = fresh_generator()
-    B, H, T, D = 1, 1, 300, 64
+    B, H, T, D = 1, 3, 300, 64
     q, k, v = random_qkv((B, H, T, D), torch.float16, DEVICE, generator)
     dout = torch.randn(B, H, T, D, generator=generator, device=DEVICE).half()
     config = GPU_TILE_CONFIGS[config_name]
