@@ -1,8 +1,10 @@
 """
-Flash attention in Triton: forward and backward, usable from autograd and torch.compile (a torch custom op).
+Flash attention in Triton: forward and backward, usable from autograd and torch.compile (a torch custom op), and
+flash-decoding for one new query per row against a KV cache (the last section of kernels).
 
     from flash_attention import flash_attention
     out = flash_attention(q, k, v, causal=True)        # q, k, v: (B, H, T, D); autograd and torch.compile work
+    out = flash_decode(q, k, v, k_cache, v_cache, position)   # one decoding step (model.KVCache.attend calls it)
 
     python flash_attention.py            # on a GPU: time the candidate block configs (used to pick _GPU_CONFIGS)
     python bench.py --mode=attention     # ours against torch SDPA's flash and cuDNN backends
@@ -55,7 +57,8 @@ The price is recomputing S and dP in the second half (7 matrix products per tile
 from the first half with atomics instead was measured on an H100, as per-element atomics and as TMA bulk
 reductions: slower at the GPT-2 shape, 2.8% faster at D=128 (BENCHMARKS.md, fourth session).
 
-Not here (model.py handles them): attention dropout, KV-cache decoding with T_q != T_k, head dims above 128.
+Not here (model.py handles them): attention dropout, cached attention of several new queries at once (T_q != T_k,
+T_q > 1), head dims above 128.
 """
 
 import os

@@ -16,6 +16,8 @@ for stage in "$@"; do
     inference_sdpa) timeout 200 python3 bench.py --mode=inference --attention=sdpa --inference_batch_sizes=16 --transformers_compare=False --json="$OUT/inference_sdpa.json" > "$OUT/inference_sdpa.log" 2>&1; tail -8 "$OUT/inference_sdpa.log" ;;
     profile) for args in "--batch=16 --compile_mode=max-autotune-no-cudagraphs" "--batch=16 --compile_mode=default" "--batch=16 --compile_mode=default --attention=sdpa" "--batch=1 --compile_mode=default"; do echo "== $args"; timeout 200 python3 scripts/decode_profile.py --steps=50 $args > "$OUT/profile.log" 2>&1; grep -A14 "wall time per step" "$OUT/profile.log"; done ;;
     inference) timeout 240 python3 bench.py --mode=inference --transformers_compare=False --json="$OUT/inference.json" > "$OUT/inference.log" 2>&1; tail -14 "$OUT/inference.log" ;;
+    mtests) timeout 240 python3 -m pytest tests/test_model.py tests/test_sample.py -q -x > "$OUT/mtests.log" 2>&1; tail -4 "$OUT/mtests.log" ;;
+    inference_hf) timeout 420 python3 bench.py --mode=inference --json="$OUT/inference_hf.json" > "$OUT/inference_hf.log" 2>&1; tail -22 "$OUT/inference_hf.log" ;;
     dsweep) timeout 200 python3 scripts/decode_sweep.py > "$OUT/dsweep.log" 2>&1; cat "$OUT/dsweep.log" ;;
     attention) timeout 120 python3 bench.py --mode=attention --json="$OUT/attention.json" > "$OUT/attention.log" 2>&1; tail -10 "$OUT/attention.log" ;;
   esac
