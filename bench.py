@@ -103,8 +103,7 @@ new_tokens = 500
 prompt_length = 16  # decoding starts after a prompt this long
 prefill_length = 512  # prompt length for the prefill measurement
 transformers_compare = True  # also time Hugging Face transformers' generate on the same weights (if installed)
-decode_compile_mode = "max-autotune-no-cudagraphs"  # model.DECODE_COMPILE_MODES; other than 'default', 'default'
-# is timed beside it
+decode_compile_mode = "default"  # model.DECODE_COMPILE_MODES; other than 'default', 'default' is timed beside it
 # sizing
 params = 0.0  # model parameters, e.g. 124e6; 0 = counted from n_layer, n_embd, vocab_size (+ attention FLOPs)
 tokens = 0.0  # training tokens; 0 = 20 per parameter (Chinchilla)

@@ -255,9 +255,9 @@ def _decode_step(model, token, caches, position):
 
 # torch.compile modes for the decoding step. The step is recorded into our own CUDA graphs, so modes that make
 # graphs themselves ('reduce-overhead', 'max-autotune') do not apply. 'max-autotune-no-cudagraphs' times Triton
-# matrix-product templates against cuBLAS for the one-row products, for 2-3x the compile time. Measured per token
-# (BENCHMARKS.md, fourth session): 6-14% faster on H100s, but on an H200 5% slower at batch 1 and 3% faster at
-# batch 16. bench.py uses it (and times 'default' beside it); generate and sample.py default to 'default'.
+# matrix-product templates against cuBLAS for the one-row products, for 2-3x the compile time. With the plain-math
+# attention it was 6-14% faster per token on H100s (BENCHMARKS.md, fourth session); with flash_decode it is within
+# 4% of 'default' either way (fifth session), so 'default' is everyone's default.
 DECODE_COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
