@@ -235,13 +235,18 @@ def all_finite(model, world_size):
     return bool(flag)
 
 
-def shard_model(model):
+def shard_model(model, device):
     """FSDP2: each block's parameters (and so their gradients and AdamW state) split across the processes;
     the root call takes the embeddings and the final norm."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
+    # An explicit mesh on our device type: left to itself, FSDP2 builds one on CUDA whenever a GPU exists, so a CPU
+    # run with more processes than GPUs failed with "invalid device ordinal".
+    mesh = init_device_mesh(torch.device(device).type, (dist.get_world_size(),))
     for block in model.transformer.h:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
 
 
 def gather_state(model, optimizer, fsdp):
@@ -366,7 +371,7 @@ def train(config):
     train_sampler = samplers["train"]
 
     if fsdp:
-        shard_model(model)  # before the optimizer is made: it must hold the sharded parameters
+        shard_model(model, device)  # before the optimizer is made: it must hold the sharded parameters
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == "float16")
     optimizer = configure_optimizer(model, config, device)
     step, best_val_loss = 0, float("inf")
