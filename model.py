@@ -11,7 +11,8 @@ output embeddings), so Hugging Face GPT-2 weights load into it and ours export b
 
 - `reference`: the definition, written out (softmax(QK^T / sqrt(d) + causal mask) V);
 - `sdpa`:      torch's fused `scaled_dot_product_attention`;
-- `triton`:    our own flash-attention kernel (flash_attention.py);
+- `triton`:    our own flash-attention kernel (flash_attention.py), and its flash-decoding kernel for the
+               one-token steps of KV-cache generation;
 - `auto`:      `triton` on CUDA, `sdpa` elsewhere.
 """
 
