@@ -287,11 +287,12 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, Delta, qk_scale, sm_scale,
               H, T,
               HEAD_DIM: tl.constexpr, BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr,
               BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr, CAUSAL: tl.constexpr,
-              INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+              INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, HALVES: tl.constexpr):
     # Program (pid, bh) computes dK, dV for key tile pid (BLOCK_N1 keys), then dQ for query tile pid (BLOCK_M2 rows).
+    # HALVES = 3 does both; 1 only dK, dV and 2 only dQ, for launching the halves as two kernels.
     tl.static_assert(BLOCK_N1 % BLOCK_M1 == 0)  # diagonal of a key tile starts and ends on query-tile boundaries
     tl.static_assert(BLOCK_M2 % BLOCK_N2 == 0)  # diagonal of a query tile starts and ends on key-tile boundaries
-    tl.static_assert(BLOCK_N1 == BLOCK_M2)  # one grid covers both halves
+    tl.static_assert(HALVES != 3 or BLOCK_N1 == BLOCK_M2)  # one grid covers both halves
     pid = tl.program_id(0)
     off_bh = tl.program_id(1)
     off_b = (off_bh // H).to(tl.int64)
@@ -305,61 +306,63 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, Delta, qk_scale, sm_scale,
     grad_base = off_b * stride_gb + off_h * stride_gh
     offs_d = tl.arange(0, HEAD_DIM)
 
-    # ---- dK, dV for keys [start_n, start_n + BLOCK_N1)
-    start_n = pid * BLOCK_N1
-    offs_n = start_n + tl.arange(0, BLOCK_N1)
-    keys_in = (offs_n < T)[:, None]
-    k = tl.load(K + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd, mask=keys_in, other=0.0)
-    v = tl.load(V + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd, mask=keys_in, other=0.0)
-    dk = tl.zeros([BLOCK_N1, HEAD_DIM], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N1, HEAD_DIM], dtype=tl.float32)
-    offs_m1 = tl.arange(0, BLOCK_M1)
-    q_ptrs = Q + offs_m1[:, None] * stride_qt + offs_d[None, :] * stride_qd
-    do_ptrs = DO + offs_m1[:, None] * stride_dot + offs_d[None, :] * stride_dod
-    if CAUSAL:
-        # Queries above this key tile cannot see it: start at its diagonal, which straddles rows
-        # [start_n, start_n + BLOCK_N1) and is masked; every row below it sees the whole tile.
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, Delta, stride_qt, stride_dot, offs_m1,
-                                      offs_n, T, start_n, tl.minimum(start_n + BLOCK_N1, T), qk_scale,
-                                      BLOCK_M1, True, CAUSAL, INPUT_PRECISION, UPCAST)
-        full_lo = start_n + BLOCK_N1
-    else:
-        full_lo = 0
-    full_hi = (T // BLOCK_M1) * BLOCK_M1  # whole query tiles inside [0, T)
-    dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, Delta, stride_qt, stride_dot, offs_m1, offs_n,
-                                  T, full_lo, full_hi, qk_scale, BLOCK_M1, False, CAUSAL, INPUT_PRECISION, UPCAST)
-    # The ragged last query tile, if T % BLOCK_M1 != 0 and the diagonal part did not already cover it.
-    dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, Delta, stride_qt, stride_dot, offs_m1, offs_n,
-                                  T, tl.maximum(full_lo, full_hi), T, qk_scale, BLOCK_M1, True, CAUSAL,
-                                  INPUT_PRECISION, UPCAST)
-    g_ptrs = grad_base + offs_n[:, None] * stride_gt + offs_d[None, :] * stride_gd
-    tl.store(DV + g_ptrs, dv.to(DV.dtype.element_ty), mask=keys_in)
-    tl.store(DK + g_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=keys_in)
+    if HALVES & 1:
+        # ---- dK, dV for keys [start_n, start_n + BLOCK_N1)
+        start_n = pid * BLOCK_N1
+        offs_n = start_n + tl.arange(0, BLOCK_N1)
+        keys_in = (offs_n < T)[:, None]
+        k = tl.load(K + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd, mask=keys_in, other=0.0)
+        v = tl.load(V + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd, mask=keys_in, other=0.0)
+        dk = tl.zeros([BLOCK_N1, HEAD_DIM], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N1, HEAD_DIM], dtype=tl.float32)
+        offs_m1 = tl.arange(0, BLOCK_M1)
+        q_ptrs = Q + offs_m1[:, None] * stride_qt + offs_d[None, :] * stride_qd
+        do_ptrs = DO + offs_m1[:, None] * stride_dot + offs_d[None, :] * stride_dod
+        if CAUSAL:
+            # Queries above this key tile cannot see it: start at its diagonal, which straddles rows
+            # [start_n, start_n + BLOCK_N1) and is masked; every row below it sees the whole tile.
+            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, Delta, stride_qt, stride_dot, offs_m1,
+                                          offs_n, T, start_n, tl.minimum(start_n + BLOCK_N1, T), qk_scale,
+                                          BLOCK_M1, True, CAUSAL, INPUT_PRECISION, UPCAST)
+            full_lo = start_n + BLOCK_N1
+        else:
+            full_lo = 0
+        full_hi = (T // BLOCK_M1) * BLOCK_M1  # whole query tiles inside [0, T)
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, Delta, stride_qt, stride_dot, offs_m1, offs_n,
+                                      T, full_lo, full_hi, qk_scale, BLOCK_M1, False, CAUSAL, INPUT_PRECISION, UPCAST)
+        # The ragged last query tile, if T % BLOCK_M1 != 0 and the diagonal part did not already cover it.
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, Delta, stride_qt, stride_dot, offs_m1, offs_n,
+                                      T, tl.maximum(full_lo, full_hi), T, qk_scale, BLOCK_M1, True, CAUSAL,
+                                      INPUT_PRECISION, UPCAST)
+        g_ptrs = grad_base + offs_n[:, None] * stride_gt + offs_d[None, :] * stride_gd
+        tl.store(DV + g_ptrs, dv.to(DV.dtype.element_ty), mask=keys_in)
+        tl.store(DK + g_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=keys_in)
 
-    # ---- dQ for queries [start_m, start_m + BLOCK_M2)
-    start_m = pid * BLOCK_M2
-    offs_m = start_m + tl.arange(0, BLOCK_M2)
-    rows_in = offs_m < T
-    q = tl.load(Q + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd, mask=rows_in[:, None], other=0.0)
-    do = tl.load(DO + offs_m[:, None] * stride_dot + offs_d[None, :] * stride_dod, mask=rows_in[:, None], other=0.0)
-    lse = tl.load(LSE + offs_m, mask=rows_in, other=0.0)
-    delta = tl.load(Delta + offs_m, mask=rows_in, other=0.0)
-    dq = tl.zeros([BLOCK_M2, HEAD_DIM], dtype=tl.float32)
-    offs_n2 = tl.arange(0, BLOCK_N2)
-    k_ptrs = K + offs_n2[:, None] * stride_kt + offs_d[None, :] * stride_kd
-    v_ptrs = V + offs_n2[:, None] * stride_vt + offs_d[None, :] * stride_vd
-    if CAUSAL:  # same split as the forward pass
-        diag_lo = start_m
-        diag_hi = tl.minimum(start_m + BLOCK_M2, T)
-    else:
-        diag_lo = (T // BLOCK_N2) * BLOCK_N2
-        diag_hi = T
-    dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n2, T,
-                            0, diag_lo, qk_scale, BLOCK_N2, False, CAUSAL, INPUT_PRECISION, UPCAST)
-    dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n2, T,
-                            diag_lo, diag_hi, qk_scale, BLOCK_N2, True, CAUSAL, INPUT_PRECISION, UPCAST)
-    g_ptrs = grad_base + offs_m[:, None] * stride_gt + offs_d[None, :] * stride_gd
-    tl.store(DQ + g_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=rows_in[:, None])
+    if HALVES & 2:
+        # ---- dQ for queries [start_m, start_m + BLOCK_M2)
+        start_m = pid * BLOCK_M2
+        offs_m = start_m + tl.arange(0, BLOCK_M2)
+        rows_in = offs_m < T
+        q = tl.load(Q + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd, mask=rows_in[:, None], other=0.0)
+        do = tl.load(DO + offs_m[:, None] * stride_dot + offs_d[None, :] * stride_dod, mask=rows_in[:, None], other=0.0)
+        lse = tl.load(LSE + offs_m, mask=rows_in, other=0.0)
+        delta = tl.load(Delta + offs_m, mask=rows_in, other=0.0)
+        dq = tl.zeros([BLOCK_M2, HEAD_DIM], dtype=tl.float32)
+        offs_n2 = tl.arange(0, BLOCK_N2)
+        k_ptrs = K + offs_n2[:, None] * stride_kt + offs_d[None, :] * stride_kd
+        v_ptrs = V + offs_n2[:, None] * stride_vt + offs_d[None, :] * stride_vd
+        if CAUSAL:  # same split as the forward pass
+            diag_lo = start_m
+            diag_hi = tl.minimum(start_m + BLOCK_M2, T)
+        else:
+            diag_lo = (T // BLOCK_N2) * BLOCK_N2
+            diag_hi = T
+        dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n2, T,
+                                0, diag_lo, qk_scale, BLOCK_N2, False, CAUSAL, INPUT_PRECISION, UPCAST)
+        dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n2, T,
+                                diag_lo, diag_hi, qk_scale, BLOCK_N2, True, CAUSAL, INPUT_PRECISION, UPCAST)
+        g_ptrs = grad_base + offs_m[:, None] * stride_gt + offs_d[None, :] * stride_gd
+        tl.store(DQ + g_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=rows_in[:, None])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -458,7 +461,7 @@ def _backward(dout, q, k, v, out, lse, causal, softmax_scale, config=None):
     _attn_bwd[grid](q, k, v, dout, dq, dk, dv, lse, delta, softmax_scale * LOG2_E, softmax_scale,
                     *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), H, T,
                     HEAD_DIM=D, BLOCK_M1=block_m1, BLOCK_N1=block_n1, BLOCK_M2=block_m2, BLOCK_N2=block_n2,
-                    CAUSAL=causal, INPUT_PRECISION=input_precision, UPCAST=upcast,
+                    CAUSAL=causal, INPUT_PRECISION=input_precision, UPCAST=upcast, HALVES=3,
                     num_warps=num_warps, num_stages=num_stages)
     return dq, dk, dv
 
