@@ -55,7 +55,9 @@ loops over key tiles accumulating dQ. Each sum lives in one program's registers,
 mode the first half visits T - n0 rows and the second n0 + BLOCK columns, so every program does about the same work.
 The price is recomputing S and dP in the second half (7 matrix products per tile pair instead of 5). Adding dQ
 from the first half with atomics instead was measured on an H100, as per-element atomics and as TMA bulk
-reductions: slower at the GPT-2 shape, 2.8% faster at D=128 (BENCHMARKS.md, fourth session).
+reductions: slower at the GPT-2 shape, 2.8% faster at D=128 (BENCHMARKS.md, fourth session). At D=128 the two
+halves run as two launches of the same kernel instead, each with the tiles that suit it (the HALVES argument):
+6-7% faster there, since one kernel's registers must hold the larger half's accumulators (fifth session).
 
 Not here (model.py handles them): attention dropout, cached attention of several new queries at once (T_q != T_k,
 T_q > 1), head dims above 128.
@@ -368,9 +370,11 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, Delta, qk_scale, sm_scale,
 # ----------------------------------------------------------------------------------------------------------------
 # Launch configuration. Fixed per (head dim, dtype): no autotuning, so nothing is timed at start-up and results are
 # reproducible run to run. Numbers picked on an H100 with `python flash_attention.py` (see BENCHMARKS.md).
-# fwd = (BLOCK_M, BLOCK_N, num_warps, num_stages, GROUP_HEADS); bwd = (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, num_warps,
-# num_stages). GROUP_HEADS is the forward's launch order (see _attn_fwd): against the old order (1), 32 made the GPT-2
-# shape's forward 3-4% faster and 8 the D=128 shape's 2-7% (H100, BENCHMARKS.md, fifth session).
+# fwd = (BLOCK_M, BLOCK_N, num_warps, num_stages, GROUP_HEADS). GROUP_HEADS is the forward's launch order (see
+# _attn_fwd): against the old order (1), 32 made the GPT-2 shape's forward 3-4% faster and 8 the D=128 shape's 2-7%
+# (H100, BENCHMARKS.md, fifth session).
+# bwd = (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, num_warps, num_stages) for one kernel doing both halves, or
+# ((BLOCK_M1, BLOCK_N1, num_warps, num_stages), (BLOCK_M2, BLOCK_N2, num_warps, num_stages)) for two kernels.
 
 _GPU_CONFIGS = {
     # fp16/bf16, by head dim. For D=128 the backward needs 8 warps to keep its two BLOCK_N1 x D fp32 accumulators
@@ -378,7 +382,10 @@ _GPU_CONFIGS = {
     16: {"fwd": (64, 64, 4, 3, 32), "bwd": (16, 64, 64, 64, 4, 3)},
     32: {"fwd": (64, 64, 4, 3, 32), "bwd": (16, 64, 64, 64, 4, 3)},
     64: {"fwd": (64, 64, 4, 3, 32), "bwd": (16, 64, 64, 64, 4, 3)},
-    128: {"fwd": (128, 64, 8, 4, 8), "bwd": (64, 128, 128, 64, 8, 2)},
+    # D=128: the two halves of the backward as two kernels, each with its own tiles and register budget: 2.00 ms
+    # against 2.12-2.16 for the one-kernel (64, 128, 128, 64, 8, 2) (H100, scripts/backward_split.py, fifth session).
+    # At D=64 one kernel stays faster (0.270 against 0.284 ms).
+    128: {"fwd": (128, 64, 8, 4, 8), "bwd": ((64, 128, 8, 2), (128, 64, 8, 3))},
 }
 # fp32 runs on the CUDA cores (input_precision="ieee", so fp32 really is fp32, not tf32). Its blocked layouts hold
 # more per thread, so tiles are small and warps many: the largest that ptxas fits without spilling (not timed).
@@ -448,7 +455,7 @@ def _forward(q, k, v, causal, softmax_scale, config=None):
 def _backward(dout, q, k, v, out, lse, causal, softmax_scale, config=None):
     """Launch the delta preprocess and the backward kernel. Returns dq, dk, dv, laid out in memory as q is."""
     B, H, T, D = q.shape
-    block_m1, block_n1, block_m2, block_n2, num_warps, num_stages = (config or _config(D, q.dtype, q.device))["bwd"]
+    bwd = (config or _config(D, q.dtype, q.device))["bwd"]
     dq, dk, dv = _new_output_like(q), _new_output_like(q), _new_output_like(q)
     if B * H * T == 0:
         return dq, dk, dv
@@ -457,12 +464,20 @@ def _backward(dout, q, k, v, out, lse, causal, softmax_scale, config=None):
     _attn_bwd_preprocess[(triton.cdiv(T, pre_block), B * H)](out, dout, delta, *out.stride(), *dout.stride(), H, T,
                                                              HEAD_DIM=D, BLOCK_M=pre_block)
     input_precision, upcast = _kernel_flags(q.dtype)
-    grid = (triton.cdiv(T, block_n1), B * H)
-    _attn_bwd[grid](q, k, v, dout, dq, dk, dv, lse, delta, softmax_scale * LOG2_E, softmax_scale,
-                    *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), H, T,
-                    HEAD_DIM=D, BLOCK_M1=block_m1, BLOCK_N1=block_n1, BLOCK_M2=block_m2, BLOCK_N2=block_n2,
-                    CAUSAL=causal, INPUT_PRECISION=input_precision, UPCAST=upcast, HALVES=3,
-                    num_warps=num_warps, num_stages=num_stages)
+    if len(bwd) == 6:  # one kernel, both halves: (M1, N1, M2, N2, warps, stages)
+        m1, n1, m2, n2, num_warps, num_stages = bwd
+        launches = [(3, n1, (m1, n1, m2, n2), num_warps, num_stages)]
+    else:  # two kernels, dK/dV then dQ, each with its tiles: ((M1, N1, warps, stages), (M2, N2, warps, stages))
+        (m1, n1, warps1, stages1), (m2, n2, warps2, stages2) = bwd
+        # the tile sizes of the half a kernel skips only have to pass the static asserts
+        launches = [(1, n1, (m1, n1, n1, m1), warps1, stages1), (2, m2, (n2, m2, m2, n2), warps2, stages2)]
+    for halves, tile, (block_m1, block_n1, block_m2, block_n2), num_warps, num_stages in launches:
+        _attn_bwd[(triton.cdiv(T, tile), B * H)](
+            q, k, v, dout, dq, dk, dv, lse, delta, softmax_scale * LOG2_E, softmax_scale,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), H, T,
+            HEAD_DIM=D, BLOCK_M1=block_m1, BLOCK_N1=block_n1, BLOCK_M2=block_m2, BLOCK_N2=block_n2,
+            CAUSAL=causal, INPUT_PRECISION=input_precision, UPCAST=upcast, HALVES=halves,
+            num_warps=num_warps, num_stages=num_stages)
     return dq, dk, dv
 
 
@@ -804,8 +819,8 @@ _SWEEP_BWD = {
          (16, 64, 64, 32, 4, 4), (16, 64, 64, 32, 4, 2), (16, 128, 128, 32, 8, 3),
          (32, 128, 128, 32, 4, 5), (32, 128, 128, 32, 4, 3), (32, 128, 128, 32, 8, 3), (32, 64, 64, 64, 4, 3),
          (16, 64, 64, 64, 4, 4), (16, 128, 128, 64, 8, 3)],
-    128: [(64, 128, 128, 64, 8, 2), (32, 128, 128, 32, 8, 2), (16, 128, 128, 32, 8, 3), (32, 64, 64, 32, 4, 2),
-          (64, 128, 128, 64, 8, 3)],
+    128: [((64, 128, 8, 2), (128, 64, 8, 3)), (64, 128, 128, 64, 8, 2), (32, 128, 128, 32, 8, 2),
+          (16, 128, 128, 32, 8, 3), (32, 64, 64, 32, 4, 2), (64, 128, 128, 64, 8, 3)],
 }
 
 

@@ -157,6 +157,7 @@ GPU_TILE_CONFIGS = {
     "d64-tiles": fa._GPU_CONFIGS[64],
     "d128-tiles": fa._GPU_CONFIGS[128],
     "candidate-tiles": {"fwd": (128, 64, 4, 3, 2), "bwd": (16, 64, 64, 32, 4, 3)},  # M1 != N2; see _SWEEP_BWD
+    "split-backward": {"fwd": (64, 64, 4, 3, 2), "bwd": ((32, 64, 4, 3), (64, 32, 4, 3))},  # two kernels
 }
 
 
