@@ -637,12 +637,14 @@ def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, qk_scale
         q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + offs_d).to(tl.float32)
         k_new = tl.load(K_NEW + off_b * stride_knb + off_h * stride_knh + offs_d)
         v_new = tl.load(V_NEW + off_b * stride_vnb + off_h * stride_vnh + offs_d)
-        k_ptrs = K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :]
-        v_ptrs = V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :]
+        k_head = K + off_b * stride_kb + off_h * stride_kh  # this (batch, head)'s cache
+        v_head = V + off_b * stride_vb + off_h * stride_vh
+        k_ptrs = k_head + offs_n[:, None] * stride_kt + offs_d[None, :]
+        v_ptrs = v_head + offs_n[:, None] * stride_vt + offs_d[None, :]
         hi = tl.minimum(lo + TILES_PER_SPLIT * BLOCK_N, last + 1)
         if hi == last + 1:  # this split holds the query's slot: append the new key and value to the cache
-            tl.store(K + off_b * stride_kb + off_h * stride_kh + last * stride_kt + offs_d, k_new)
-            tl.store(V + off_b * stride_vb + off_h * stride_vh + last * stride_vt + offs_d, v_new)
+            tl.store(k_head + last * stride_kt + offs_d, k_new)
+            tl.store(v_head + last * stride_vt + offs_d, v_new)
         m = tl.full([], float("-inf"), dtype=tl.float32)
         l = tl.full([], 0.0, dtype=tl.float32)
         acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
