@@ -470,9 +470,8 @@ def text_file_tokens(path, tokenizer, vocab_size):
             text = f.read()
     except UnicodeDecodeError as e:
         raise EvalError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    encode_array = getattr(tokenizer, "encode_array", None)
     try:
-        tokens = encode_array(text) if encode_array else np.array(tokenizer.encode(text), dtype=np.int64)
+        tokens = tokenizer.encode_array(text)
     except ValueError as e:
         raise EvalError(f"{path}: the model's {tokenizer.name} tokenizer cannot encode it ({e})") from None
     return _with_leading_eot(tokens, tokenizer, vocab_size)

@@ -18,6 +18,8 @@ Output, in out_dir (default data/<input name>_<tokenizer>):
                                             header; one stream per split, documents separated by the eot token
   meta.json                                 tokenizer spec, vocab_size, eot_token, dtype, shards, token and
                                             document counts per split, split_mode, sources, the command line
+  download/                                 a URL input's file, kept so that a re-run does not fetch it again
+An out_dir whose meta.json prepare.py did not write is refused; other files in out_dir are left alone.
 The char tokenizer's ids are the corpus's characters in code point order (like nanoGPT) plus an end-of-text id
 len(chars), which decodes to "<|endoftext|>".
 
@@ -30,10 +32,10 @@ Train/val split (deterministic for a given seed and val_fraction):
              tinyshakespeare this is exactly nanoGPT's split (first 90% of characters train, last 10% val),
              so val losses compare with nanoGPT's 1.4697.
 
-Scale: streams the input in chunks (memory stays flat however large the corpus), tokenizes on all cores, writes
-into a temp folder and moves the result into place at the end, meta.json last: an interrupted run leaves the
-previous output untouched or no meta.json at all, never a complete-looking half. Don't run two prepares into
-the same out_dir at once.
+Scale: streams the input in chunks, so memory stays flat however large the corpus (a JSONL line or a dataset row
+is held whole: the largest such document sets the floor). Tokenizes on all cores, writes into a temp folder and
+moves the result into place at the end, meta.json last: an interrupted run leaves the previous output untouched
+or no meta.json at all, never a complete-looking half. Don't run two prepares into the same out_dir at once.
 
 Other scripts read the output with `read_meta(data_dir)` and `open_split(data_dir, split)`.
 """
@@ -49,6 +51,7 @@ import shlex
 import shutil
 import socket
 import sys
+import tempfile
 import time
 import urllib.request
 from collections import deque
@@ -210,7 +213,10 @@ def read_text_file(path, stats, strict):
             data = carry + data
             keep = 0 if at_end else incomplete_utf8_tail(data)
             data, carry = data[:len(data) - keep], data[len(data) - keep:]
-            buffer += decode_utf8(data, stats, path, strict, offset)
+            text = decode_utf8(data, stats, path, strict, offset)
+            if offset == 0 and text.startswith("\ufeff"):  # a UTF-8 byte-order mark (Windows editors) is not text
+                text = text[1:]
+            buffer += text
             offset += len(data)
             pieces = pieces_of_text(buffer, stats)
             if not at_end:  # the last piece may grow with the next read
@@ -250,6 +256,8 @@ def read_jsonl(path, text_field, stats, strict):
                 continue
             where = f"{path} line {line_number}"
             line = decode_utf8(raw, stats, where, strict)
+            if line_number == 1:
+                line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark, as Windows editors write
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
@@ -363,21 +371,25 @@ def files_input(source, paths):
 
 
 def download(url, folder):
-    """`url` saved into `folder` (reused if already there); fails fast when offline."""
-    path = os.path.join(folder, os.path.basename(url.split("?")[0]) or "download.txt")
+    """`url` saved into `folder` (reused if already there); fails fast when offline. The file name carries a hash
+    of the whole URL, so two URLs that end in the same name never share a download. `folder` is made only once a
+    download is complete, so a failed one leaves nothing behind."""
+    name = os.path.basename(url.split("?")[0]) or "download.txt"
+    path = os.path.join(folder, f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}")
     if os.path.isfile(path):
         return path
-    os.makedirs(folder, exist_ok=True)
     alternative = ("the built-in plays (python prepare.py) or a local copy (--input=path/to/input.txt)"
                    if url == TINYSHAKESPEARE_URL else "a local copy (--input=PATH)")
+    partial = tempfile.NamedTemporaryFile(delete=False)
     try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(path + ".tmp", "wb") as f:
-            shutil.copyfileobj(response, f)
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, partial:
+            shutil.copyfileobj(response, partial)
     except (OSError, ValueError) as e:
-        if os.path.exists(path + ".tmp"):
-            os.remove(path + ".tmp")
+        os.remove(partial.name)
         reason = getattr(e, "reason", None) or e
         raise PrepareError(f"cannot download {url} ({reason}); offline, use {alternative}") from None
+    os.makedirs(folder, exist_ok=True)
+    shutil.move(partial.name, path + ".tmp")  # the system's temp folder may be another file system: copy, rename
     os.replace(path + ".tmp", path)
     return path
 
@@ -602,12 +614,33 @@ def clean_stale_temp_folders(out_dir):
     for name in os.listdir(out_dir):
         match = re.fullmatch(r"\.prepare-tmp-(\d+)", name)
         if match:
+            pid = int(match.group(1))
+            if pid == os.getpid():  # a killed earlier run with our PID (containers reuse them): stale
+                shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+                continue
             try:
-                os.kill(int(match.group(1)), 0)
+                os.kill(pid, 0)
             except ProcessLookupError:
                 shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
             except PermissionError:
                 pass
+
+
+def check_out_dir(out_dir):
+    """Refuse an out_dir that prepare.py must not write into: a file, or a folder whose meta.json is not ours
+    (we would overwrite it). Our own shards and meta.json in it are replaced, other files are left alone."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise PrepareError(f"--out_dir={out_dir} is a file, not a folder; pick another --out_dir")
+    meta_path = os.path.join(out_dir, "meta.json")
+    if os.path.isfile(meta_path):
+        try:
+            with open(meta_path) as f:
+                ours = "format_version" in json.load(f)
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise PrepareError(f"{meta_path} was not written by prepare.py and would be overwritten; "
+                               f"pick another --out_dir")
 
 
 def install_output(temp_folder, out_dir, meta):
@@ -731,6 +764,8 @@ def prepare(config, argv=()):
     start = time.time()
     config = resolve_config(config)
     out_dir = config["out_dir"]
+    check_out_dir(out_dir)
+    created_out_dir = not os.path.isdir(out_dir)
     data = open_input(config, os.path.join(out_dir, "download"))
     if config["tokenizer"] == "char":
         characters, documents = scan_characters(data, config["strict"])
@@ -742,7 +777,6 @@ def prepare(config, argv=()):
     dtype = np.dtype("<u2") if tok.vocab_size <= 65535 else np.dtype("<u4")
     split_mode = choose_split_mode(config, documents)
 
-    created_out_dir = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     clean_stale_temp_folders(out_dir)
     temp_folder = os.path.join(out_dir, f".prepare-tmp-{os.getpid()}")

