@@ -30,7 +30,9 @@ How it measures
   sizes can exceed the kernels' time) and replayed from a CUDA graph (GPU time only, as in a compiled step).
 - Inference: greedy decoding from random prompts. The time to make 1 new token is subtracted from the time to
   make `new_tokens`, which leaves pure decoding; prefill is timed on a `prefill_length` prompt. The cached step
-  is compiled in `decode_compile_mode` (and in 'default' beside it when that differs).
+  is compiled in `decode_compile_mode` (and in 'default' beside it when that differs). With the cache, one
+  model.Decoder per batch size serves all calls, and an untimed warm-up of `new_tokens` records its CUDA graphs
+  first (a recording is an extra eager step and a capture, once per 256 cache slots, as compiling is once).
 - Sizing: training FLOPs = 6 N D + 12 L C T D (the attention products), time = FLOPs / (GPUs x peak x MFU).
 """
 
@@ -733,9 +735,21 @@ def inference_model(config, device, dtype):
 
 
 def ours_generate(model, use_cache, compile=False, compile_mode="default"):
+    """generate(prompt, n) with our model. With the cache, one Decoder per batch size serves every call, as
+    sample.py's does across samples: its CUDA graphs are recorded once (in the warm-up), not inside timed runs."""
+    from model import Decoder
+    decoders = {}
+
     def generate(prompt, n):
-        return torch.cat(list(model.generate(prompt, n, temperature=0.0, use_cache=use_cache, compile=compile,
-                                             compile_mode=compile_mode)), dim=1)
+        decoder = None
+        if use_cache:
+            batch_size = prompt.size(0)
+            if batch_size not in decoders:
+                decoders.clear()  # one cache at a time: a batch-16 cache of GPT-2 small is 0.6 GB
+                decoders[batch_size] = Decoder(model, batch_size, compile=compile, compile_mode=compile_mode)
+            decoder = decoders[batch_size]
+        return torch.cat(list(model.generate(prompt, n, temperature=0.0, use_cache=use_cache, decoder=decoder)),
+                         dim=1)
     return generate
 
 
@@ -760,14 +774,15 @@ def transformers_generate(model, folder, device, dtype, attention):
     return generate
 
 
-def measure_generation(generate, batch_size, config, vocab_size, device):
+def measure_generation(generate, batch_size, config, vocab_size, device, full_warmup=False):
     """Prefill tokens/s (a prefill_length prompt, 1 new token) and decode tokens/s (new_tokens after a short
     prompt, less the time to make the first of them). The short runs are medians of 3; if noise still makes the
-    difference non-positive (tiny CPU runs), the whole time counts as decoding, which can only understate."""
+    difference non-positive (tiny CPU runs), the whole time counts as decoding, which can only understate.
+    full_warmup: the warm-up makes all new_tokens (what ours with the cache needs to record all its graphs)."""
     generator = torch.Generator().manual_seed(config["seed"])
     prompt = torch.randint(vocab_size, (batch_size, config["prompt_length"]), generator=generator).to(device)
     long_prompt = torch.randint(vocab_size, (batch_size, config["prefill_length"]), generator=generator).to(device)
-    generate(prompt, 2)  # warm-up: kernels, cuBLAS handles, allocator
+    generate(prompt, config["new_tokens"] if full_warmup else 2)  # warm-up: kernels, cuBLAS handles, allocator
     generate(long_prompt, 1)
     prefill_seconds = statistics.median(timed(lambda: generate(long_prompt, 1), device)[0] for _ in range(3))
     first_seconds = statistics.median(timed(lambda: generate(prompt, 1), device)[0] for _ in range(3))
@@ -813,7 +828,8 @@ def bench_inference(config, device, dtype, results):
         outputs, rates = {}, {}
         for name, generate in implementations:
             try:
-                row, outputs[name] = measure_generation(generate, size, config, model.config.vocab_size, device)
+                row, outputs[name] = measure_generation(generate, size, config, model.config.vocab_size, device,
+                                                        full_warmup=name.startswith("ours (KV cache"))
             except Exception as error:
                 traceback.print_exc()
                 notes.append(f"{name} at batch {size} failed: {type(error).__name__}: {str(error).strip()[:200]}")

@@ -237,7 +237,7 @@ class KVCache:
     def update(self, k, v, start_pos):
         """Store k, v at positions start_pos.. and return the keys and values to attend to. With an int start_pos
         that is the filled prefix. With a tensor start_pos (a CUDA graph replays fixed shapes, so the position
-        must be data, not shape) it is all of this cache's slots (for CUDAGraphDecoder, a prefix of the buffer);
+        must be data, not shape) it is all of this cache's slots (for a Decoder graph, a prefix of the buffer);
         cached_attention masks the slots past each query."""
         if torch.is_tensor(start_pos):
             positions = start_pos + torch.arange(k.size(2), device=k.device)
@@ -271,7 +271,7 @@ def check_decode_compile_mode(mode, name="compile_mode"):
 def _compiled_decode_step(mode="default"):
     # torch.compile fuses each layer's small operations (layer norms, GELU, residual adds, the attention over the
     # cache) into a few kernels, and a replayed step costs about as much as the kernels in it. Compiled on first use,
-    # once per model and batch size with the cache length symbolic (CUDAGraphDecoder marks it), and once more for a
+    # once per model and batch size with the cache length symbolic (Decoder marks it), and once more for a
     # bucket that spans the whole buffer; each graph records the compiled kernels like any others. Made on first
     # call, not at import: torch.compile imports torch._dynamo, a second of start-up every user would pay.
     return torch.compile(_decode_step, mode=mode)
@@ -281,26 +281,39 @@ def cache_bucket(length, max_len, bucket=256):
     """How many cache slots a decoding step attends over: `length` rounded up to a multiple of `bucket`, at most
     max_len. A graph per bucket instead of one over all max_len slots: 500 tokens after a 16-token prompt read on
     average about 390 slots of a 1024-slot cache instead of 1024, and record three graphs where powers of two would
-    record five (each recording is an extra eager step plus a capture, paid inside the generation)."""
+    record six (each recording is an extra eager step plus a capture, paid once per Decoder)."""
     return min(max_len, -(-length // bucket) * bucket)
 
 
-class CUDAGraphDecoder:
-    """One decoding step (one new token per row) recorded as a CUDA graph, then replayed for every token.
+class Decoder:
+    """The KV cache of a batch of `batch_size` rows and, on a GPU, its decoding step recorded as CUDA graphs. Pass the
+    same Decoder to several `GPT.generate` calls (sample.py does, one per sample) to reuse both: the cache is simply
+    overwritten, and a graph, once recorded, serves every later call.
 
     At batch 1 a GPT-2 small step is a few hundred tiny kernels; launching them one at a time from Python takes
     longer than running them. A replay launches all of them at once. A graph replays fixed shapes, so the inputs live
     in fixed buffers (`token`, `position`) that each step overwrites, and each graph attends over a fixed number of
-    cache slots (masking those past the position): one graph per `cache_bucket`, recorded when first needed.
+    cache slots (masking those past the position): one graph per `cache_bucket`, recorded when first needed, at the
+    price of an extra eager step and a capture. With cuda_graph=False, or on a CPU, steps run eagerly.
     """
 
-    def __init__(self, model, caches, token, compile=False, compile_mode="default"):
-        self.model, self.caches = model, caches
-        self.token = token.clone()
-        self.position = torch.zeros(1, dtype=torch.long, device=token.device)
+    def __init__(self, model, batch_size, cuda_graph=True, compile=False, compile_mode="default"):
+        check_decode_compile_mode(compile_mode)
+        weight = model.transformer.wte.weight
+        config = model.config
+        self.model, self.batch_size, self.dtype = model, batch_size, weight.dtype
+        self.caches = [KVCache(batch_size, config.n_head, config.block_size, config.n_embd // config.n_head,
+                               weight.device, weight.dtype) for _ in range(config.n_layer)]
+        self.use_graphs = cuda_graph and weight.is_cuda
+        self.token = torch.zeros((batch_size, 1), dtype=torch.long, device=weight.device)
+        self.position = torch.zeros(1, dtype=torch.long, device=weight.device)
         self.step = _compiled_decode_step(compile_mode) if compile else _decode_step
         self.compiled = compile
         self.graphs = {}  # cache bucket -> (graph, its logits tensor)
+
+    def prefill(self, idx):
+        """Logits of the last position of the prompts idx (B, T), whose keys and values fill slots 0..T-1."""
+        return self.model(idx, kv_caches=self.caches, start_pos=0, last_logits_only=True)[0]
 
     def _record(self, length):
         caches = [cache.prefix(length) for cache in self.caches]
@@ -322,6 +335,9 @@ class CUDAGraphDecoder:
         return graph, logits
 
     def __call__(self, token, position):
+        """Logits (B, 1, vocab) for one new token per row (B, 1) at cache slot `position` (an int)."""
+        if not self.use_graphs:
+            return self.model(token, kv_caches=self.caches, start_pos=position)[0]
         self.token.copy_(token)
         self.position.fill_(position)
         length = cache_bucket(position + 1, self.caches[0].k.size(2))
@@ -430,35 +446,30 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                  eot_token=None, use_cache=True, generator=None, cuda_graph=True, compile=False,
-                 compile_mode="default"):
+                 compile_mode="default", decoder=None):
         """Yield (B, 1) tensors of new tokens, one per step, so callers can stream them.
 
         temperature 0 is greedy decoding. Generation stops early once every row has produced
-        `eot_token`. With `use_cache` each step runs the model on one new position only (on a GPU
-        as a replayed CUDA graph, unless cuda_graph=False, and with compile=True a graph of the
-        step torch.compiled in `compile_mode`, one of DECODE_COMPILE_MODES); past `block_size`
-        tokens it falls back to recomputing the last block_size positions, which is exactly what
-        the uncached path does.
+        `eot_token`. With `use_cache` each step runs the model on one new position only, through
+        `decoder` (a Decoder for B rows; one made from cuda_graph, compile and compile_mode when none is
+        passed): on a GPU a replayed CUDA graph of the step, torch.compiled in `compile_mode` (one of
+        DECODE_COMPILE_MODES) with compile=True. Past `block_size` tokens it falls back to recomputing the
+        last block_size positions, which is exactly what the uncached path does.
         """
-        check_decode_compile_mode(compile_mode)
+        check_sampling(temperature, top_k, top_p)
         B = idx.size(0)
         block_size = self.config.block_size
+        if use_cache and decoder is None:
+            decoder = Decoder(self, B, cuda_graph=cuda_graph, compile=compile, compile_mode=compile_mode)
+        if use_cache and (decoder.batch_size != B or decoder.model is not self
+                          or decoder.dtype != self.transformer.wte.weight.dtype):
+            raise ValueError(f"this Decoder was made for {decoder.batch_size} rows of another model or dtype; "
+                             f"make a new one for these {B} rows")
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        caches, cached_len, decoder = None, 0, None
+        cached_len = 0
         for _ in range(max_new_tokens):
             if use_cache and idx.size(1) <= block_size:
-                if caches is None:
-                    head_dim = self.config.n_embd // self.config.n_head
-                    dtype = self.transformer.wte.weight.dtype
-                    caches = [KVCache(B, self.config.n_head, block_size, head_dim, idx.device, dtype)
-                              for _ in range(self.config.n_layer)]
-                if cached_len > 0 and idx.is_cuda and cuda_graph:
-                    if decoder is None:
-                        decoder = CUDAGraphDecoder(self, caches, idx[:, -1:], compile, compile_mode)
-                    logits = decoder(idx[:, -1:], cached_len)
-                else:
-                    logits, _ = self(idx[:, cached_len:], kv_caches=caches, start_pos=cached_len,
-                                     last_logits_only=True)
+                logits = decoder.prefill(idx) if cached_len == 0 else decoder(idx[:, -1:], cached_len)
                 cached_len = idx.size(1)
             else:
                 logits, _ = self(idx[:, -block_size:], last_logits_only=True)
@@ -569,7 +580,8 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, targets, vocab_size):
-        dtype = torch.get_autocast_dtype("cuda" if x.is_cuda else "cpu") if torch.is_autocast_enabled() else x.dtype
+        device_type = x.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
         x_c, w_c = x.to(dtype), weight.to(dtype)
         valid = targets != -1
         count = valid.sum().clamp(min=1)
@@ -587,8 +599,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             grad_logits = torch.where(columns == target[:, None], probs - 1, probs)
             grad_logits = (grad_logits * (keep[:, None] / count)).to(dtype)
             grad_x[rows] = grad_logits @ w_c
-            grad_w += grad_logits.t().float() @ x_c[rows].float() if dtype == torch.float32 else \
-                (grad_logits.t() @ x_c[rows]).float()
+            grad_w += (grad_logits.t() @ x_c[rows]).float()
         ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
         return total / count
 
@@ -607,6 +618,17 @@ def _read_hf_weights(path):
     if os.path.isfile(bin_path):
         return torch.load(bin_path, map_location="cpu", weights_only=True)
     raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
+
+
+def check_sampling(temperature, top_k=None, top_p=None):
+    """Refuse settings that would silently sample something other than asked (a negative temperature picks the
+    least likely tokens). top_k 0 or None and top_p 1 or None are off."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be 0 (greedy) or more, got {temperature}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be 0 (off) or a positive number of tokens, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1.0 = off; temperature=0 is greedy), got {top_p}")
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

@@ -45,28 +45,18 @@ def read_prompt(start):
     return start
 
 
-def check_sampling(temperature, top_k, top_p):
-    """Refuse settings that would silently sample something else than asked."""
-    if temperature < 0:
-        raise ValueError(f"--temperature must be 0 (greedy) or more, got {temperature}")
-    if top_k < 0:
-        raise ValueError(f"--top_k must be 0 (off) or a positive number of tokens, got {top_k}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"--top_p must be in (0, 1] (1.0 = off; use --temperature=0 for greedy), got {top_p}")
-
-
 def generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, device,
-                  use_cache=True, generator=None, on_text=None, compile=False, compile_mode="default"):
+                  use_cache=True, generator=None, on_text=None, decoder=None):
     """Generate one sample for `prompt`; returns the new text. `on_text(piece)` is called as text
-    arrives (decoding the whole tail each time, so multi-byte characters split over tokens print right)."""
+    arrives (decoding the whole tail each time, so multi-byte characters split over tokens print right).
+    `decoder` (a model.Decoder for one row) carries the KV cache and recorded CUDA graphs from sample to sample."""
     prompt_ids = tokenizer.encode(prompt) or [tokenizer.eot_token]  # GPT-2's convention: empty starts a document
     block_size = model.config.block_size
     idx = torch.tensor([prompt_ids[-block_size:]], dtype=torch.long, device=device)
     new_ids, printed = [], ""
     for token in model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k or None,
                                 top_p=top_p if top_p < 1 else None, eot_token=tokenizer.eot_token,
-                                use_cache=use_cache, generator=generator, compile=compile,
-                                compile_mode=compile_mode):
+                                use_cache=use_cache, generator=generator, decoder=decoder):
         token = int(token[0, 0])
         if token == tokenizer.eot_token:
             break
@@ -83,11 +73,11 @@ def generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, 
 
 def main(config):
     from checkpoint import load_model
-    from model import check_decode_compile_mode
+    from model import Decoder, check_decode_compile_mode, check_sampling
     from train import resolve_device_and_dtype
 
     check_decode_compile_mode(config["compile_mode"])  # before anything is loaded or printed
-    check_sampling(config["temperature"], config["top_k"], config["top_p"])
+    check_sampling(config["temperature"], config["top_k"], config["top_p"])  # ValueError: one line, below
     device, dtype = resolve_device_and_dtype(config["device"], config["dtype"])
     torch.manual_seed(config["seed"])
     try:
@@ -99,11 +89,12 @@ def main(config):
     prompt = read_prompt(config["start"])
     tokenizer.encode(prompt)  # a prompt the vocabulary cannot spell fails here, before anything is printed
     generator = torch.Generator(device=device).manual_seed(config["seed"])
+    decoder = Decoder(model, 1, compile=config["compile"], compile_mode=config["compile_mode"]) \
+        if config["use_cache"] else None
     for i in range(config["num_samples"]):
         sys.stdout.write(prompt)
         generate_text(model, tokenizer, prompt, config["max_new_tokens"], config["temperature"], config["top_k"],
-                      config["top_p"], device, config["use_cache"], generator, compile=config["compile"],
-                      compile_mode=config["compile_mode"],
+                      config["top_p"], device, config["use_cache"], generator, decoder=decoder,
                       on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
         sys.stdout.write("\n---------------\n")
         sys.stdout.flush()

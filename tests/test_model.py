@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from model import GPT, GPTConfig, KVCache, cache_bucket, reference_attention, sample_next_token, peak_flops, mfu
+from model import (GPT, Decoder, GPTConfig, KVCache, cache_bucket, check_sampling, mfu, peak_flops,
+                   reference_attention, sample_next_token)
 
 
 def tiny_config(**overrides):
@@ -150,6 +151,35 @@ def test_kv_cache_generates_the_same_tokens(temperature):
     assert torch.equal(results[0], results[1])
 
 
+def test_decoder_reused_across_calls_matches_uncached():
+    """One Decoder serves several generate calls (sample.py's samples): a longer prompt, then a shorter one whose
+    cache slots past its position still hold the first call's keys and values, which must be ignored."""
+    model = GPT(tiny_config()).eval()
+    randomize(model)
+    decoder = Decoder(model, 2)
+    for length in (12, 4, 9):
+        prompt = torch.randint(0, 97, (2, length))
+        reused = torch.cat(list(model.generate(prompt, 15, temperature=0.0, decoder=decoder)), dim=1)
+        uncached = torch.cat(list(model.generate(prompt, 15, temperature=0.0, use_cache=False)), dim=1)
+        assert torch.equal(reused, uncached)
+    with pytest.raises(ValueError, match="made for 2 rows"):
+        next(model.generate(torch.zeros(3, 4, dtype=torch.long), 1, decoder=decoder))
+
+
+def test_sampling_settings_are_checked_and_temperature_reshapes_the_distribution():
+    for settings, problem in (((-1.0, None, None), "temperature must be 0"), ((1.0, -1, None), "top_k must be"),
+                              ((1.0, None, 0.0), "top_p must be in"), ((1.0, None, 1.5), "top_p must be in")):
+        with pytest.raises(ValueError, match=problem):
+            check_sampling(*settings)
+    # the frequencies of 40,000 draws at temperature 0.5 against softmax(logits / 0.5), computed in float64
+    logits = torch.tensor([[1.0, 0.5, 0.0, -1.0]])
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.cat([sample_next_token(logits.expand(1000, 4), 0.5, generator=generator) for _ in range(40)])
+    frequencies = torch.bincount(draws.flatten(), minlength=4).double() / draws.numel()
+    expected = torch.softmax(logits.double()[0] / 0.5, dim=0)
+    assert (frequencies - expected).abs().max() < 0.01  # 4 standard errors at p = 0.5 are 0.01
+
+
 def test_cache_bucket():
     assert [cache_bucket(n, 1024) for n in (1, 256, 257, 516, 769, 1024)] == [256, 256, 512, 768, 1024, 1024]
     assert cache_bucket(17, 20, bucket=8) == 20
@@ -174,7 +204,7 @@ def test_decode_step_with_tensor_position_matches_full_forward(attention):
     with torch.no_grad():
         model(idx[:, :8], kv_caches=caches, start_pos=0)  # prefill
         for position in range(8, 20):
-            # as CUDAGraphDecoder does: attend over a prefix of the slots (16, then 24 of the 32)
+            # as Decoder's graphs do: attend over a prefix of the slots (16, then 24 of the 32)
             bucket = cache_bucket(position + 1, config.block_size, bucket=8)
             prefixes = [cache.prefix(bucket) for cache in caches]
             step_logits, _ = model(idx[:, position:position + 1], kv_caches=prefixes,
@@ -194,10 +224,16 @@ def test_cuda_graph_decoding_matches_eager(batch_size, compile, compile_mode, at
     model = GPT(tiny_config(block_size=300, attention=attention)).cuda().eval()
     randomize(model)
     prompt = torch.randint(0, 97, (batch_size, 240), device="cuda")
-    graphed = torch.cat(list(model.generate(prompt, 60, temperature=0.0, compile=compile,
-                                            compile_mode=compile_mode)), dim=1)
+    decoder = Decoder(model, batch_size, compile=compile, compile_mode=compile_mode)
+    graphed = torch.cat(list(model.generate(prompt, 60, temperature=0.0, decoder=decoder)), dim=1)
     eager = torch.cat(list(model.generate(prompt, 60, temperature=0.0, cuda_graph=False)), dim=1)
-    assert torch.equal(graphed, eager)
+    assert torch.equal(graphed, eager) and sorted(decoder.graphs) == [256, 300]
+    # a second call reuses the recorded graphs, over a cache that still holds the first call's keys and values
+    graphs = {length: graph for length, (graph, _) in decoder.graphs.items()}
+    prompt = torch.randint(0, 97, (batch_size, 250), device="cuda")
+    graphed = torch.cat(list(model.generate(prompt, 50, temperature=0.0, decoder=decoder)), dim=1)
+    eager = torch.cat(list(model.generate(prompt, 50, temperature=0.0, cuda_graph=False)), dim=1)
+    assert torch.equal(graphed, eager) and {length: graph for length, (graph, _) in decoder.graphs.items()} == graphs
 
 
 def test_generate_rejects_compile_modes_that_make_their_own_graphs():
@@ -277,6 +313,8 @@ def test_fused_loss_matches_plain_cross_entropy(autocast, monkeypatch):
     with torch.no_grad():  # evaluation keeps the plain path and its logits
         logits, loss = fused(idx, targets)
     assert logits is not None and abs(loss.item() - losses[0]) < tol
+    if autocast:  # and the fused path did run in bf16 under CPU autocast (it once checked CUDA's autocast only)
+        assert loss.item() != losses[1]
 
 
 def test_triton_attention_trains_like_sdpa():

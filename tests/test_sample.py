@@ -79,8 +79,8 @@ def test_errors_are_one_line(tiny_checkpoint, tmp_path):
     latin1.write_bytes("caf\u00e9".encode("latin-1"))
     result = sample(tiny_checkpoint, f"--start=FILE:{latin1}", check=False)
     assert result.returncode != 0 and "is not UTF-8 text" in result.stderr.strip().splitlines()[-1]
-    for flag, problem in (("--temperature=-1", "--temperature must be 0"), ("--top_k=-1", "--top_k must be"),
-                          ("--top_p=0", "--top_p must be in (0, 1]"), ("--top_p=1.5", "--top_p must be in (0, 1]")):
+    for flag, problem in (("--temperature=-1", "temperature must be 0"), ("--top_k=-1", "top_k must be"),
+                          ("--top_p=0", "top_p must be in (0, 1]"), ("--top_p=1.5", "top_p must be in (0, 1]")):
         result = sample(tiny_checkpoint, flag, check=False)
         assert result.returncode != 0 and result.stdout == ""
         assert result.stderr.strip().splitlines()[-1].startswith(f"error: {problem}"), result.stderr
