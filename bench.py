@@ -529,7 +529,7 @@ def ablation_levers(config, device):
     return levers
 
 
-def ablate(config, baseline, device, dtype):
+def measure_levers(config, baseline, device, dtype):
     """Each lever alone on top of the baseline, at the baseline's best micro-batch (tokens/s ratio to it)."""
     best = baseline["best"]
     if best is None:
@@ -560,7 +560,7 @@ def bench_train(config, device, dtype, results):
         out["speedup"] = fast["tokens_per_sec"] / base["tokens_per_sec"] if base and fast else None
         print(format_speedup(out), flush=True)
     if config["ablate"]:
-        out["ablation"] = ablate(config, out["baseline"], device, dtype)
+        out["ablation"] = measure_levers(config, out["baseline"], device, dtype)
     return out
 
 

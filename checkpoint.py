@@ -22,7 +22,7 @@ from tokenizer import load_tokenizer
 def atomic_write(path, write):
     """Call write(binary_file) on a temp file, fsync it, then rename it to `path`: readers (and a crash or
     kill -9 at any moment) see the previous complete file or the new complete file, never half of one."""
-    tmp_path = f"{path}.tmp.{os.getpid()}"
+    tmp_path = f"{path}.tmp"  # one fixed name (one writer per file): a write killed midway leaves one orphan at most
     try:
         with open(tmp_path, "wb") as f:
             write(f)
@@ -50,7 +50,8 @@ class CheckpointError(ValueError):
 
 def load_checkpoint(path, map_location="cpu"):
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        # mmap: the processes of a run that all load one checkpoint share the page cache instead of a copy each
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except Exception as e:  # truncated, foreign or corrupt files fail in many ways deep inside unpickling
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {first_line[:200]}); "
@@ -63,12 +64,11 @@ def load_checkpoint(path, map_location="cpu"):
     return checkpoint
 
 
-def find_checkpoint(source, prefer="best"):
+def find_checkpoint(source):
     """Resolve an out_dir to its checkpoint file (`best.pt`, else `last.pt`); files pass through."""
     if os.path.isfile(source):
         return source
-    order = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
-    for name in order:
+    for name in ("best.pt", "last.pt"):
         path = os.path.join(source, name)
         if os.path.isfile(path):
             return path
@@ -77,13 +77,21 @@ def find_checkpoint(source, prefer="best"):
 
 
 def clean_state_dict(state_dict):
-    """Strip the prefixes torch.compile (`_orig_mod.`) and DDP (`module.`) add to parameter names."""
+    """Strip the prefixes torch.compile (`_orig_mod.`) and DDP (`module.`) add to parameter names, in any order
+    (train.py saves the bare model; checkpoints from nanoGPT-style code may carry them)."""
     out = {}
     for name, tensor in state_dict.items():
-        for prefix in ("_orig_mod.", "module."):
-            name = name.removeprefix(prefix)
+        while name.startswith(("_orig_mod.", "module.")):
+            name = name.split(".", 1)[1]
         out[name] = tensor
     return out
+
+
+def model_from_checkpoint(checkpoint, attention="auto"):
+    """The GPT a train.py checkpoint holds, on the CPU, with this run's attention setting."""
+    model = GPT(GPTConfig.from_dict(dict(checkpoint["model_args"], attention=attention)))
+    model.load_state_dict(clean_state_dict(checkpoint["model"]))
+    return model
 
 
 def load_model(source, device="cpu", attention="auto"):
@@ -94,9 +102,7 @@ def load_model(source, device="cpu", attention="auto"):
         tokenizer, checkpoint = load_tokenizer({"name": "gpt2"}), None
     else:
         checkpoint = load_checkpoint(find_checkpoint(source))
-        model_args = dict(checkpoint["model_args"], attention=attention)
-        model = GPT(GPTConfig.from_dict(model_args))
-        model.load_state_dict(clean_state_dict(checkpoint["model"]))
+        model = model_from_checkpoint(checkpoint, attention)
         tokenizer = load_tokenizer(checkpoint["tokenizer"])
     model.to(device).eval()
     return model, tokenizer, checkpoint

@@ -27,8 +27,8 @@ class ConfigError(SystemExit):
 
 def _check_type(key, value, default, source):
     """Return `value` coerced to the type of `default`, or raise ConfigError."""
-    if default is None or value is None:
-        return value  # None defaults accept anything (e.g. optional paths)
+    if default is None:
+        return value  # None defaults accept anything (e.g. optional paths); a None value for others is refused
     expected = type(default)
     if expected is float and type(value) is int:
         return float(value)  # --lr=1 should mean 1.0

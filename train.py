@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from configurator import config_from_globals
 
 # -----------------------------------------------------------------------------
-# config defaults: the 124M GPT-2 on 8 GPUs; config/*.py files and --key=value flags override them
+# config defaults: GPT-2 124M's shape and optimizer (config/train_gpt2.py adds its data and 8-GPU batch);
+# config/*.py files and --key=value flags override them
 # I/O
 out_dir = "out"
 data_dir = "data/shakespeare_char"  # a folder written by prepare.py
@@ -36,7 +37,7 @@ eval_interval = 2000  # steps between val-loss estimates and checkpoints
 eval_iters = 200  # batches per loss estimate
 log_interval = 1  # steps between log lines
 eval_only = False  # estimate the losses once, then exit
-always_save_checkpoint = True  # write last.pt at every eval (best.pt is written whenever val improves)
+overwrite = False  # a run that is not a resume refuses an out_dir that already holds checkpoints, unless True
 hellaswag_path = ""  # if set, HellaSwag accuracy on a subset is logged at every eval
 hellaswag_limit = 500
 # data
@@ -132,15 +133,15 @@ class BatchSampler:
     and saving the generator's state is enough to replay the exact data order on resume.
     """
 
-    def __init__(self, shards, block_size, seed):
+    def __init__(self, shards, block_size, seed, split="train"):
         self.shards = shards
         self.block_size = block_size
         # a window needs block_size + 1 tokens (inputs plus the next-token targets)
         self.windows_per_shard = np.array([max(0, len(s) - block_size) for s in shards], dtype=np.int64)
         if self.windows_per_shard.sum() == 0:
             longest = max((len(s) for s in shards), default=0)
-            raise SystemExit(f"error: the split has {longest} tokens, fewer than block_size + 1 = {block_size + 1}; "
-                             f"lower --block_size or prepare more text")
+            raise SystemExit(f"error: the {split} split's longest shard has {longest} tokens, fewer than block_size + 1 "
+                             f"= {block_size + 1}; lower --block_size or prepare more text")
         self.shard_starts = np.concatenate([[0], np.cumsum(self.windows_per_shard)])
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -277,7 +278,7 @@ def gradient_sync(model, fsdp, world_size, enabled):
 
 def build_model(config, meta, device):
     """(model, checkpoint or None) for init_from = scratch, resume or a path to fine-tune from."""
-    from checkpoint import clean_state_dict, find_checkpoint, load_checkpoint, load_model
+    from checkpoint import load_checkpoint, load_model, model_from_checkpoint
     from model import GPT, GPTConfig
 
     init_from = config["init_from"]
@@ -291,15 +292,10 @@ def build_model(config, meta, device):
         if not os.path.isfile(path):
             raise SystemExit(f"error: init_from=resume but {path} does not exist; train first or use init_from=scratch")
         checkpoint = load_checkpoint(path)
-        model_args = dict(checkpoint["model_args"], attention=config["attention"])
-        model = GPT(GPTConfig.from_dict(model_args))
-        model.load_state_dict(clean_state_dict(checkpoint["model"]))
-        return model, checkpoint
+        return model_from_checkpoint(checkpoint, config["attention"]), checkpoint
     # fine-tuning: weights (and architecture) from a checkpoint or a Hugging Face folder
     if not os.path.exists(init_from):
         raise SystemExit(f"error: init_from={init_from!r} is not 'scratch', 'resume' or an existing checkpoint/folder")
-    if os.path.isdir(init_from) and not os.path.isfile(os.path.join(init_from, "config.json")):
-        find_checkpoint(init_from)  # fails with a clear message if the folder has no checkpoint
     model, tokenizer, _ = load_model(init_from, "cpu", attention=config["attention"])
     if tokenizer.spec() != meta["tokenizer"]:
         raise SystemExit(f"error: {init_from} uses tokenizer {tokenizer.spec()} but {config['data_dir']} was prepared with "
@@ -339,6 +335,9 @@ def train(config):
         raise SystemExit(f"error: gradient_accumulation_steps={config['gradient_accumulation_steps']} must be divisible "
                          f"by the number of processes ({world_size})")
     local_accum = config["gradient_accumulation_steps"] // world_size
+    for key in ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size"):
+        if config[key] < 1:
+            raise SystemExit(f"error: {key} must be at least 1, got {config[key]}")
     if config["parallel"] not in ("ddp", "fsdp"):
         raise SystemExit(f"error: parallel must be 'ddp' or 'fsdp', got {config['parallel']!r}")
     fsdp = config["parallel"] == "fsdp" and world_size > 1
@@ -346,6 +345,10 @@ def train(config):
         raise SystemExit("error: parallel=fsdp runs in bfloat16 or float32 and without hellaswag_path; "
                          "change --dtype or drop --hellaswag_path")
     tokens_per_step = config["gradient_accumulation_steps"] * config["batch_size"] * config["block_size"]
+    existing = [name for name in ("last.pt", "best.pt") if os.path.isfile(os.path.join(config["out_dir"], name))]
+    if existing and config["init_from"] != "resume" and not config["eval_only"] and not config["overwrite"]:
+        raise SystemExit(f"error: {config['out_dir']} already holds {' and '.join(existing)} from an earlier run; "
+                         f"continue it with --init_from=resume, pick another --out_dir, or pass --overwrite=True")
     if master:
         os.makedirs(config["out_dir"], exist_ok=True)
         print(format_config(config))
@@ -356,9 +359,10 @@ def train(config):
     torch.manual_seed(config["seed"])  # same initial weights on every process
     model, checkpoint = build_model(config, meta, device)
     set_training_options(model, config, device)
-    if checkpoint is not None and checkpoint["config"]["gradient_accumulation_steps"] * checkpoint["config"]["batch_size"] \
-            != config["gradient_accumulation_steps"] * config["batch_size"]:
-        print("warning: the global batch differs from the checkpoint's; the resumed run will not match an uninterrupted one")
+    if checkpoint is not None and any(checkpoint["config"][key] != config[key] for key in (
+            "gradient_accumulation_steps", "batch_size", "block_size")):
+        print("warning: the batch or block_size differs from the checkpoint's; the resumed run will not draw the data "
+              "an uninterrupted one would")
     if model.config.block_size < config["block_size"]:
         raise SystemExit(f"error: block_size={config['block_size']} exceeds the model's {model.config.block_size}")
     if master:
@@ -366,8 +370,8 @@ def train(config):
     model.to(device).train()
     torch.manual_seed(config["seed"] + rank)  # different dropout masks on each process
 
-    samplers = {split: BatchSampler(open_split(config["data_dir"], split), config["block_size"], config["seed"] + i)
-                for i, split in enumerate(("train", "val"))}
+    samplers = {split: BatchSampler(open_split(config["data_dir"], split), config["block_size"], config["seed"] + i,
+                                    split) for i, split in enumerate(("train", "val"))}
     train_sampler = samplers["train"]
 
     if fsdp:
@@ -376,9 +380,12 @@ def train(config):
     optimizer = configure_optimizer(model, config, device)
     step, best_val_loss = 0, float("inf")
     if checkpoint is not None:
-        if checkpoint["config"].get("parallel", "ddp") != config["parallel"] and (fsdp or checkpoint["world_size"] > 1):
-            raise SystemExit(f"error: the checkpoint was written with parallel={checkpoint['config'].get('parallel')}; "
-                             f"resume with the same --parallel")
+        # the optimizer state's layout depends on whether FSDP sharded it, not on the --parallel setting alone
+        saved_fsdp = checkpoint.get("fsdp", checkpoint["config"].get("parallel") == "fsdp" and checkpoint["world_size"] > 1)
+        if saved_fsdp != fsdp:
+            raise SystemExit(f"error: the checkpoint was written {'with' if saved_fsdp else 'without'} FSDP sharding "
+                             f"(parallel={checkpoint['config'].get('parallel')}, {checkpoint['world_size']} processes); "
+                             f"resume it {'with' if saved_fsdp else 'without'} --parallel=fsdp on several processes")
         load_optimizer_state(model, optimizer, checkpoint["optimizer"], fsdp)
         if checkpoint["scaler"] is not None:
             scaler.load_state_dict(checkpoint["scaler"])
@@ -397,6 +404,9 @@ def train(config):
         if teacher_tokenizer.spec() != meta["tokenizer"]:
             raise SystemExit(f"error: teacher {config['teacher']} uses tokenizer {teacher_tokenizer.spec()}, "
                              f"the data uses {meta['tokenizer']}")
+        if teacher_model.config.block_size < config["block_size"]:
+            raise SystemExit(f"error: teacher {config['teacher']} sees at most {teacher_model.config.block_size} "
+                             f"positions, fewer than block_size={config['block_size']}; lower --block_size")
 
     raw_model = model
     if config["compile"]:
@@ -421,7 +431,7 @@ def train(config):
         if metrics_file is not None:
             metrics_file.write(json.dumps(record) + "\n")
 
-    def save(names, step):
+    def save(names, step, all_rng_states):
         """Write the checkpoint under each of `names`; every process calls this (FSDP gathers), rank 0 writes."""
         if not all_finite(raw_model, world_size):
             raise SystemExit(f"error: weights are not finite at step {step}; not writing {', '.join(names)}")
@@ -430,7 +440,7 @@ def train(config):
             "model": model_state, "optimizer": optimizer_state,
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "model_args": asdict(raw_model.config), "config": config, "tokenizer": meta["tokenizer"],
-            "step": step, "best_val_loss": best_val_loss, "world_size": world_size,
+            "step": step, "best_val_loss": best_val_loss, "world_size": world_size, "fsdp": fsdp,
             "data_generator": train_sampler.generator.get_state(), "rng_states": all_rng_states,
         }
         if master:
@@ -444,6 +454,7 @@ def train(config):
     while True:
         resumed_here = step == start_step and config["init_from"] == "resume" and not config["eval_only"]
         if (step % config["eval_interval"] == 0 or step == config["max_iters"]) and not resumed_here:
+            eval_start = time.time()
             # every process's RNG state goes into the checkpoint, so dropout continues exactly on resume
             all_rng_states = [rng_state(device)]
             if world_size > 1:
@@ -464,13 +475,13 @@ def train(config):
             # every process takes the same decisions: the estimates were averaged over all of them
             improved = estimates["val"] < best_val_loss
             best_val_loss = min(best_val_loss, estimates["val"])
-            names = ["best.pt"] if improved and step > 0 else []
-            if step > 0 and (config["always_save_checkpoint"] or step == config["max_iters"]):
-                names.append("last.pt")
+            # last.pt at every eval is where --init_from=resume continues; best.pt keeps the lowest val loss
+            names = ((["best.pt"] if improved else []) + ["last.pt"]) if step > 0 else []
             if names and not config["eval_only"]:
-                save(names, step)
+                save(names, step, all_rng_states)
             if world_size > 1:
                 torch.distributed.barrier()  # nobody runs ahead while rank 0 writes
+            t0 += time.time() - eval_start  # the step timings below leave out evaluation and checkpoints
         if config["eval_only"] or step >= config["max_iters"]:
             break
 

@@ -7,7 +7,6 @@ data_dir = "data/shakespeare_char"
 eval_interval = 250
 eval_iters = 20
 log_interval = 25
-always_save_checkpoint = False  # keep best.pt (lowest val loss)
 
 batch_size = 16
 block_size = 128

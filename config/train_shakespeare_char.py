@@ -7,7 +7,6 @@ data_dir = "data/tinyshakespeare_char"
 eval_interval = 250  # it overfits quickly: evaluate often and keep the best checkpoint
 eval_iters = 200
 log_interval = 10
-always_save_checkpoint = False  # best.pt is what matters here
 
 batch_size = 64
 block_size = 256  # characters of context

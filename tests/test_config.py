@@ -35,7 +35,8 @@ def test_unknown_key_in_a_config_file(tmp_path):
         load_config(DEFAULTS, [str(config_file)])
 
 
-@pytest.mark.parametrize("flag", ["--batch_size=1.5", "--compile=yes", "--learning_rate=fast", "--batch_size=True"])
+@pytest.mark.parametrize("flag", ["--batch_size=1.5", "--compile=yes", "--learning_rate=fast", "--batch_size=True",
+                                  "--batch_size=None"])
 def test_wrong_type_is_refused(flag):
     with pytest.raises(ConfigError, match="must be"):
         load_config(DEFAULTS, [flag])

@@ -35,9 +35,9 @@ def test_loss_falls_and_checkpoints_are_written(char_data_dir, tmp_path):
     assert os.path.isfile(os.path.join(tmp_path, "best.pt"))
 
 
-def torchrun(*args):
+def torchrun(*args, check=True):
     return run_script(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args],
-                      env={"OMP_NUM_THREADS": "1"})
+                      env={"OMP_NUM_THREADS": "1"}, check=check)
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
@@ -67,6 +67,11 @@ def test_fsdp_resume_is_exact(char_data_dir, tmp_path):
     resumed = load_checkpoint(os.path.join(tmp_path / "split", "last.pt"))
     for name, tensor in straight["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), name
+    # a one-process run with --parallel=fsdp shards nothing, so its optimizer state cannot resume under FSDP
+    run_script(train_flags(char_data_dir, tmp_path / "single", "--max_iters=3", *flags))
+    result = torchrun(*train_flags(char_data_dir, tmp_path / "single", "--max_iters=6", "--init_from=resume", *flags),
+                      check=False)
+    assert result.returncode != 0 and "written without FSDP sharding" in result.stderr
 
 
 def test_resume_is_exact(char_data_dir, tmp_path):
@@ -120,13 +125,13 @@ def test_kill_during_checkpoint_write_keeps_the_last_complete_file(tmp_path):
     process = subprocess.Popen([sys.executable, "-c", writer])
     deadline, killed_mid_write = time.time() + 60, False
     while time.time() < deadline and not killed_mid_write:
-        if any(name.startswith("last.pt.tmp.") for name in os.listdir(tmp_path)):
+        if "last.pt.tmp" in os.listdir(tmp_path):
             time.sleep(0.01)
             process.send_signal(signal.SIGKILL)
             killed_mid_write = True
     process.wait()
     assert killed_mid_write
-    state = load_checkpoint(str(path))  # the last complete checkpoint, intact
+    state = torch.load(str(path), weights_only=True)  # the last complete checkpoint, intact
     if state["version"] == -1:
         assert torch.equal(state["weights"], torch.zeros(10))
     else:
@@ -156,16 +161,50 @@ def test_nonfinite_loss_stops_without_saving(char_data_dir, tmp_path, monkeypatc
     assert not os.path.exists(os.path.join(tmp_path, "last.pt"))
 
 
+def test_nonfinite_weights_are_never_saved(char_data_dir, tmp_path, monkeypatch):
+    """Weights that went NaN between two log lines (so no loss check saw it) stop the run at the next checkpoint,
+    and the last checkpoint written before stays as it was."""
+    import train
+    from configurator import load_config
+    from model import GPT
+
+    original_forward = GPT.forward
+    calls = {"n": 0}
+
+    def forward_with_nan(self, idx, targets=None, **kwargs):
+        logits, loss = original_forward(self, idx, targets, **kwargs)
+        if self.training and targets is not None:
+            calls["n"] += 1
+            if calls["n"] > 12:  # from step 7 on (2 micro-batches a step): NaN gradients, then NaN weights
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", forward_with_nan)
+    config = load_config(train.DEFAULTS, train_flags(char_data_dir, tmp_path, "--max_iters=20", "--eval_interval=5",
+                                                     "--log_interval=100")[1:])
+    with pytest.raises(SystemExit, match="weights are not finite at step 10; not writing last.pt"):
+        train.train(config)
+    assert load_checkpoint(os.path.join(tmp_path, "last.pt"))["step"] == 5
+
+
 def test_fine_tune_and_distill_from_a_checkpoint(char_data_dir, tmp_path):
     run_script(train_flags(char_data_dir, tmp_path / "base", "--max_iters=10", "--eval_interval=10"))
     base = str(tmp_path / "base")
     run_script(train_flags(char_data_dir, tmp_path / "tuned", "--max_iters=4", "--eval_interval=4",
                            f"--init_from={base}", "--block_size=16", "--dropout=0.1"))
+    result = run_script(train_flags(char_data_dir, tmp_path / "long", "--max_iters=4", f"--teacher={base}",
+                                    "--block_size=64"), check=False)  # the teacher sees only 32 positions
+    assert result.returncode != 0 and "sees at most 32 positions" in result.stderr.strip().splitlines()[-1]
     tuned = load_checkpoint(os.path.join(tmp_path / "tuned", "last.pt"))
     assert tuned["model_args"]["block_size"] == 16 and tuned["model_args"]["n_embd"] == 32
     run_script(train_flags(char_data_dir, tmp_path / "student", "--max_iters=4", "--eval_interval=4",
                            f"--teacher={base}", "--n_embd=16"))
     assert load_checkpoint(os.path.join(tmp_path / "student", "last.pt"))["step"] == 4
+    # the same student without the teacher: the first step's loss (same weights, same batch) must differ
+    run_script(train_flags(char_data_dir, tmp_path / "alone", "--max_iters=1", "--eval_interval=4", "--n_embd=16"))
+    first_losses = [next(json.loads(line)["loss"] for line in open(tmp_path / run / "metrics.jsonl")
+                         if json.loads(line)["type"] == "train") for run in ("student", "alone")]
+    assert abs(first_losses[0] - first_losses[1]) > 1e-3
 
 
 def test_distillation_loss_matches_float64_math():
@@ -198,6 +237,15 @@ def test_bad_runs_fail_with_one_line(char_data_dir, tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: attention='triton' needs a CUDA GPU")
     result = run_script(train_flags(char_data_dir, tmp_path, "--fp8=True", "--n_embd=24", "--n_head=2"), check=False)
     assert result.returncode != 0 and "fp8=True needs n_embd a multiple of 16" in result.stderr.strip().splitlines()[-1]
+    result = run_script(train_flags(char_data_dir, tmp_path, "--eval_interval=0"), check=False)
+    assert result.returncode != 0 and result.stderr.strip().splitlines()[-1] == "error: eval_interval must be at least 1, got 0"
+    # a new run into an out_dir that holds an earlier run's checkpoint: refused, the checkpoint untouched
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "best.pt").write_bytes(b"an earlier run")
+    result = run_script(train_flags(char_data_dir, tmp_path / "earlier"), check=False)
+    assert result.returncode != 0 and "already holds best.pt from an earlier run" in result.stderr.strip().splitlines()[-1]
+    assert os.listdir(tmp_path / "earlier") == ["best.pt"]
+    assert (tmp_path / "earlier" / "best.pt").read_bytes() == b"an earlier run"
 
 
 def test_in_training_hellaswag(tmp_path, char_data_dir):
