@@ -761,9 +761,6 @@ def transformers_generate(model, folder, device, dtype, attention):
         model.export_hf(folder)
     hf_model = GPT2LMHeadModel.from_pretrained(folder, attn_implementation=attention)
     hf_model = hf_model.to(device=device, dtype=getattr(torch, dtype)).eval()
-    eos = hf_model.generation_config.eos_token_id
-    if eos is not None and eos >= hf_model.config.vocab_size:  # tiny test vocabularies: no end-of-text token at all
-        hf_model.generation_config.eos_token_id = None
 
     @torch.no_grad()
     def generate(prompt, n):
@@ -803,6 +800,7 @@ def bench_inference(config, device, dtype, results):
     sizes = as_int_tuple(config["inference_batch_sizes"], "inference_batch_sizes") \
         if config["inference_batch_sizes"] is not None else (1, 16)
     model = inference_model(config, device, dtype)
+    check_generation_lengths(config, model.config.block_size)
     # on a GPU the cached step is a replayed CUDA graph, of the torch.compiled step when compile=True (compiled in
     # the warm-up, untimed); the uncompiled graph is timed too, to show what compiling it is worth
     compiled = config["compile"] and is_cuda(device)
@@ -1003,10 +1001,27 @@ def check_config(config):
             raise SystemExit(f"error: {error}") from None
         if config["new_tokens"] < 2 or config["prompt_length"] < 1:
             raise SystemExit("error: inference needs new_tokens >= 2 and prompt_length >= 1")
-        longest = max(config["prompt_length"] + config["new_tokens"], config["prefill_length"] + 1)
-        if longest > config["block_size"]:
-            raise SystemExit(f"error: prompt_length + new_tokens and prefill_length + 1 must fit in block_size "
-                             f"{config['block_size']}, the longest is {longest}; lower them or raise --block_size")
+        if not config["init_from"]:  # a loaded model's own block_size is checked once it is loaded
+            try:
+                check_generation_lengths(config, config["block_size"])
+            except ValueError as error:
+                raise SystemExit(f"error: {error}") from None
+    from model import GPTConfig
+    try:  # the model's shape, before any section builds one
+        GPTConfig(n_layer=config["n_layer"], n_head=config["n_head"], n_embd=config["n_embd"])
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    as_int_tuple(config["batch_size"], "batch_size")
+    if config["batch_sizes"] is not None:
+        as_int_tuple(config["batch_sizes"], "batch_sizes")
+
+
+def check_generation_lengths(config, block_size):
+    """The prompts and the generation must fit in the model's context: past it, decoding silently changes path."""
+    longest = max(config["prompt_length"] + config["new_tokens"], config["prefill_length"] + 1)
+    if longest > block_size:
+        raise ValueError(f"prompt_length + new_tokens and prefill_length + 1 must fit in the model's block_size "
+                         f"{block_size}, the longest is {longest}; lower them (or raise --block_size)")
 
 
 def use_data_vocabulary(config):
@@ -1081,4 +1096,6 @@ def main(config):
 
 if __name__ == "__main__":
     from configurator import load_config
-    main(load_config(DEFAULTS, sys.argv[1:]))
+    failed = [name for name, section in main(load_config(DEFAULTS, sys.argv[1:])).items() if "error" in section]
+    if failed:  # the other sections' results are printed (and in --json); the exit status still says it failed
+        raise SystemExit(f"error: the {', '.join(failed)} benchmark failed (traceback above)")

@@ -100,6 +100,10 @@ def load_model(source, device="cpu", attention="auto"):
     if os.path.isdir(source) and os.path.isfile(os.path.join(source, "config.json")):
         model = GPT.from_hf_dir(source, attention=attention)
         tokenizer, checkpoint = load_tokenizer({"name": "gpt2"}), None
+        if model.config.vocab_size < tokenizer.vocab_size:
+            raise CheckpointError(f"{source} has vocab_size {model.config.vocab_size}, but a Hugging Face folder is "
+                                  f"read with the GPT-2 tokenizer ({tokenizer.vocab_size} tokens); exported from a "
+                                  f"char model? Use the train.py checkpoint it came from")
     else:
         checkpoint = load_checkpoint(find_checkpoint(source))
         model = model_from_checkpoint(checkpoint, attention)

@@ -531,9 +531,10 @@ flash_attention_forward.register_autograd(_backward_rule, setup_context=_setup_c
 
 
 class _FlashAttentionFunction(torch.autograd.Function):
-    """Eager-mode twin of the custom op: the same launches with less Python in between. custom_op's dispatch and
-    autograd wrapper cost about 100 us per forward+backward (measured on the 2-core dev VM), which at GPT-2 small
-    sizes is as long as the kernels themselves. torch.compile never sees this class: it traces the custom op."""
+    """Eager-mode twin of the custom op: the same launches with less Python in between. With empty kernels on the
+    2-core dev VM, custom_op's dispatch and autograd wrapper took 173 us per forward+backward against 71 us for this
+    class (BENCHMARKS.md, attention v2); the GPT-2-shape kernels themselves take about 0.4 ms. torch.compile never
+    sees this class: it traces the custom op."""
 
     @staticmethod
     def forward(ctx, q, k, v, causal, softmax_scale):
@@ -573,10 +574,10 @@ def _check_inputs(q, k, v):
 def flash_attention(q, k, v, causal=True, softmax_scale=None):
     """softmax(scale * q @ k^T [causal mask]) @ v for q, k, v of shape (B, H, T, D); returns (B, H, T, D).
 
-    softmax_scale defaults to 1/sqrt(D). Any strides are accepted (no copies are made); the output (and the
-    gradients) are stored as (B, T, H, D), so out.transpose(1, 2) is contiguous. Head dims that are not a
-    power of two (or below 16) are zero-padded up to one: zero columns change no score, and the padded output
-    columns are dropped.
+    softmax_scale defaults to 1/sqrt(D). Any strides are accepted (no copies are made); the output (and the gradients) are stored as (B, T, H, D), so out.transpose(1, 2) is contiguous. Head
+    dims that are not a power of two (or below 16) are zero-padded up to one, which copies q, k and v: zero
+    columns change no score, and the padded output columns are dropped (then out.transpose(1, 2) is a view
+    with the padding's strides, not contiguous).
     """
     _check_inputs(q, k, v)
     head_dim = q.shape[-1]

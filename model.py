@@ -21,6 +21,7 @@ import functools
 import json
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, fields
 
@@ -498,12 +499,15 @@ class GPT(nn.Module):
             hf = json.load(f)
         if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ValueError(f"unsupported activation_function {hf['activation_function']!r} in {config_path}")
+        if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
+            raise ValueError(f"{config_path}: n_inner={hf['n_inner']}, but this GPT's MLP is 4 x n_embd wide")
         config = GPTConfig(block_size=hf.get("n_positions", hf.get("n_ctx", 1024)), vocab_size=hf["vocab_size"],
                            n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"], bias=True,
                            dropout=0.0, attention=attention)
         hf_state = _read_hf_weights(path)
         model = cls(config)
         state = model.state_dict()
+        missing = {name for name in state if name != "lm_head.weight"}  # tied to wte
         for name, tensor in hf_state.items():
             name = name.removeprefix("transformer.")
             if name.endswith((".attn.bias", ".attn.masked_bias")) or name == "lm_head.weight":
@@ -518,6 +522,9 @@ class GPT(nn.Module):
                 target[: tensor.size(0)].copy_(tensor)  # the padding rows keep their init
             else:
                 target.copy_(tensor)
+            missing.discard(ours)
+        if missing:  # a model half random would load "fine" and generate noise
+            raise KeyError(f"{path} lacks {len(missing)} weight(s) this GPT needs, e.g. {sorted(missing)[0]!r}")
         return model
 
     def export_hf(self, path):
@@ -525,11 +532,13 @@ class GPT(nn.Module):
         from safetensors.torch import save_file
         c = self.config
         os.makedirs(path, exist_ok=True)
+        eot = 50256 if c.vocab_size > 50256 else None
         hf_config = {
             "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
             "n_positions": c.block_size, "n_ctx": c.block_size, "n_embd": c.n_embd, "n_head": c.n_head,
             "n_layer": c.n_layer, "vocab_size": c.vocab_size, "layer_norm_epsilon": 1e-5,
-            "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": True,
+            # GPT-2's end-of-text id, where the vocabulary has it (a char model's is its own: HF is told none)
+            "bos_token_id": eot, "eos_token_id": eot, "tie_word_embeddings": True,
             "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "n_inner": None,
         }
         tensors = {}
@@ -678,7 +687,7 @@ def peak_flops(device):
         return None
     name = torch.cuda.get_device_name(device)
     for key in sorted(PEAK_FLOPS, key=len, reverse=True):  # longest name first: "H100 PCIe" before "H100"
-        if key in name:
+        if re.search(rf"\b{re.escape(key)}\b", name):  # whole words: "L4" is not "NVIDIA L40", A100 is "A100-SXM4"
             return PEAK_FLOPS[key]
     return None
 

@@ -15,6 +15,11 @@ for stage in "$@"; do
     mtests) timeout 240 python3 -m pytest tests/test_model.py -q > "$OUT/mtests.log" 2>&1; tail -4 "$OUT/mtests.log" ;;
     inference) timeout 300 python3 bench.py --mode=inference --transformers_compare=False --json="$OUT/inference.json" > "$OUT/inference.log" 2>&1; tail -14 "$OUT/inference.log" ;;
     inference_hf) timeout 420 python3 bench.py --mode=inference --json="$OUT/inference_hf.json" > "$OUT/inference_hf.log" 2>&1; tail -24 "$OUT/inference_hf.log" ;;
+    # config/train_shakespeare_char.py for 500 steps, then resumed to 750: last.pt is now written at every eval
+    resume) python3 prepare.py --input=.gpu_data/input.txt --tokenizer=char --out_dir=data/tinyshakespeare_char > "$OUT/resume.log" 2>&1
+            timeout 200 python3 train.py config/train_shakespeare_char.py --max_iters=500 >> "$OUT/resume.log" 2>&1
+            timeout 200 python3 train.py config/train_shakespeare_char.py --max_iters=750 --init_from=resume >> "$OUT/resume.log" 2>&1
+            echo "rc $?" >> "$OUT/resume.log"; grep -E "^step [0-9]+: train loss|rc |error" "$OUT/resume.log" ;;
     train) timeout 420 python3 bench.py --mode=train --compare=True --batch_sizes=64,128 --json="$OUT/train.json" > "$OUT/train.log" 2>&1; tail -16 "$OUT/train.log" ;;
   esac
 done

@@ -208,12 +208,29 @@ def test_bad_flag_fails_in_one_line():
     ("--fast_attention=flash", "fast_attention must be one of"),
     ("--ablate_compile_modes=turbo", "compile mode 'turbo'"),
     ("--decode_compile_mode=reduce-overhead", "decode_compile_mode must be one of"),
-    ("--new_tokens=100", "must fit in block_size"),
+    ("--new_tokens=100", "must fit in the model's block_size"),
     ("--data_dir=/nonexistent", "no meta.json"),
+    ("--n_embd=33", "must be divisible by n_head"),
+    ("--batch_size=0", "batch_size must be positive integers"),
 ])
 def test_bad_flags_are_refused_before_any_work(flag, message):
     config = load_config(bench.DEFAULTS, [*TINY_FLAGS, "--mode=all", flag])
     with pytest.raises(SystemExit, match=message):
         bench.check_config(config)
-        bench.as_int_tuple(config["batch_sizes"], "batch_sizes") if config["batch_sizes"] is not None else None
         bench.use_data_vocabulary(config)
+
+
+def test_a_failed_section_fails_the_run(tmp_path):
+    """A section that breaks (here: inference from a checkpoint too short for the prompts) leaves the others'
+    results, and the exit status says it failed."""
+    import torch
+    from checkpoint import save_checkpoint
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
+    save_checkpoint({"model": model.state_dict(), "model_args": vars(model.config), "tokenizer": {"name": "gpt2"}},
+                    str(tmp_path / "short.pt"))
+    result = run_script(["bench.py", *TINY_FLAGS, "--mode=inference", f"--init_from={tmp_path / 'short.pt'}",
+                         "--inference_batch_sizes=1", "--transformers_compare=False"], check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == "error: the inference benchmark failed (traceback above)"
+    assert "must fit in the model's block_size 16" in result.stderr

@@ -124,6 +124,15 @@ def test_loads_hugging_face_gpt2(tmp_path, safetensors):
         torch.testing.assert_close(ours(idx)[0], hf(idx).logits, rtol=1e-4, atol=1e-4)
 
 
+def test_hugging_face_folder_missing_weights_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+    hf_gpt2(tiny_config()).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if ".h.1." not in f".{k}"}, tmp_path / "model.safetensors")
+    with pytest.raises(KeyError, match="lacks .* weight"):
+        GPT.from_hf_dir(str(tmp_path))
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_exports_to_hugging_face_gpt2(tmp_path, bias):
     transformers = pytest.importorskip("transformers")
@@ -131,6 +140,7 @@ def test_exports_to_hugging_face_gpt2(tmp_path, bias):
     randomize(ours)
     ours.export_hf(str(tmp_path))
     hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
+    assert hf.config.eos_token_id is None  # 97 tokens: GPT-2's end-of-text id 50256 is not among them
     idx = torch.randint(0, 97, (2, 25))
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, ours(idx)[0], rtol=1e-4, atol=1e-4)
@@ -272,6 +282,18 @@ def test_flops_and_mfu_accounting():
     assert model.num_params() == n
     assert model.flops_per_token(16) == 6 * n + 12 * config.n_layer * config.n_embd * 16
     assert peak_flops("cpu") is None and mfu(1e12, "cpu") is None
+
+
+@pytest.mark.parametrize("name,peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+                                       ("NVIDIA H100 NVL", 835e12), ("NVIDIA GH200 480GB", 989e12),
+                                       ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA L4", 121e12), ("NVIDIA L40", None),
+                                       ("NVIDIA L40S", 362e12), ("NVIDIA GeForce RTX 4090", 165e12)])
+def test_peak_flops_by_gpu_name(name, peak, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert peak_flops("cuda") == peak
+    if peak is not None:
+        assert mfu(peak / 4, "cuda") == 0.25
 
 
 def test_crop_block_size_and_set_dropout():
