@@ -137,8 +137,9 @@ class EvalError(ValueError):
 # -----------------------------------------------------------------------------
 # device and precision
 
-def autocast_context(device, dtype=None):
-    """bf16 autocast on CUDA by default (as training runs); float32 elsewhere or when asked."""
+def eval_autocast(device, dtype=None):
+    """train.autocast_context for a dtype that may be None or "auto": bf16 autocast on CUDA by default (as training
+    runs); float32 elsewhere or when asked."""
     from train import autocast_context as train_autocast, resolve_device_and_dtype
     return train_autocast(device, resolve_device_and_dtype(device, dtype or "auto")[1])
 
@@ -203,7 +204,7 @@ def score_continuations(model, requests, device, batch_size=64, dtype=None, prog
             rows = torch.from_numpy(np.concatenate(rows)).to(device)
             cols = torch.from_numpy(np.concatenate(cols)).to(device)
             targets = torch.from_numpy(np.concatenate(targets).astype(np.int64)).to(device)
-            with autocast_context(device, dtype):
+            with eval_autocast(device, dtype):
                 logits, _ = model(torch.from_numpy(x).to(device))
             picked = logits[rows, cols].float()  # only the continuation positions: (tokens, vocab)
             token_logprob = F.log_softmax(picked, dim=-1).gather(1, targets[:, None]).squeeze(1)
@@ -422,7 +423,7 @@ def sliding_window_nll(model, tokens, device, batch_size=64, stride=0, dtype=Non
             length = batch[0][1]
             x = np.stack([tokens[b:b + length] for b, _, _ in batch])
             y = np.stack([tokens[b + 1:b + length + 1] for b, _, _ in batch])
-            with autocast_context(device, dtype):
+            with eval_autocast(device, dtype):
                 logits, _ = model(torch.from_numpy(x).to(device))
             y = torch.from_numpy(y).to(device)
             # row by row: a float32 copy of a whole batch of logits would be B * T * vocab * 4 bytes

@@ -61,6 +61,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from configurator import config_from_globals
 from tokenizer import TokenizerError, char_spec, load_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -77,6 +78,7 @@ seed = 1337  # keys the document split's hash
 shard_tokens = 100_000_000  # at most this many tokens per shard file
 workers = 0  # tokenizer processes; 0 = one per CPU core
 strict = False  # refuse undecodable bytes instead of replacing them
+DEFAULTS = config_from_globals(globals())
 # -----------------------------------------------------------------------------
 
 FORMAT_VERSION = 1
@@ -820,15 +822,9 @@ def report(meta, out_dir, stats, seconds):
               f"from encoding them whole", file=sys.stderr)
 
 
-def default_config():
-    """The module-level config defaults above, as a dict."""
-    from configurator import config_from_globals
-    return {k: v for k, v in config_from_globals(globals()).items() if k.islower()}
-
-
 def main(argv):
     from configurator import load_config
-    config = load_config(default_config(), argv)
+    config = load_config(DEFAULTS, argv)
     try:
         prepare(config, argv)
     except (PrepareError, TokenizerError) as e:

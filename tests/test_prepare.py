@@ -36,7 +36,7 @@ def random_document(rng, words=200):
 
 def run_prepare(**overrides):
     """prepare.prepare() in this process (one worker unless asked) with `overrides` on the defaults."""
-    config = dict(prepare.default_config(), workers=1)
+    config = dict(prepare.DEFAULTS, workers=1)
     config.update({k: str(v) if k in ("input", "out_dir") else v for k, v in overrides.items()})
     return prepare.prepare(config)
 
