@@ -138,11 +138,9 @@ def test_kill_during_checkpoint_write_keeps_the_last_complete_file(tmp_path):
         assert torch.equal(state["weights"], torch.arange(8_000_000, dtype=torch.float32) + state["version"])
 
 
-def test_nonfinite_loss_stops_without_saving(char_data_dir, tmp_path, monkeypatch):
-    import train
-    from configurator import load_config
+def nan_loss_from_step(monkeypatch, step):
+    """Make the training loss NaN from optimizer step `step` on (2 micro-batches a step, as train_flags sets)."""
     from model import GPT
-
     original_forward = GPT.forward
     calls = {"n": 0}
 
@@ -150,11 +148,17 @@ def test_nonfinite_loss_stops_without_saving(char_data_dir, tmp_path, monkeypatc
         logits, loss = original_forward(self, idx, targets, **kwargs)
         if self.training and targets is not None:
             calls["n"] += 1
-            if calls["n"] > 6:  # from step 4 on (2 micro-batches a step)
+            if calls["n"] > 2 * (step - 1):
                 loss = loss * float("nan")
         return logits, loss
 
     monkeypatch.setattr(GPT, "forward", forward_with_nan)
+
+
+def test_nonfinite_loss_stops_without_saving(char_data_dir, tmp_path, monkeypatch):
+    import train
+    from configurator import load_config
+    nan_loss_from_step(monkeypatch, 4)
     config = load_config(train.DEFAULTS, train_flags(char_data_dir, tmp_path, "--max_iters=20", "--eval_interval=5")[1:])
     with pytest.raises(SystemExit, match="loss is nan at step 4"):
         train.train(config)
@@ -166,20 +170,7 @@ def test_nonfinite_weights_are_never_saved(char_data_dir, tmp_path, monkeypatch)
     and the last checkpoint written before stays as it was."""
     import train
     from configurator import load_config
-    from model import GPT
-
-    original_forward = GPT.forward
-    calls = {"n": 0}
-
-    def forward_with_nan(self, idx, targets=None, **kwargs):
-        logits, loss = original_forward(self, idx, targets, **kwargs)
-        if self.training and targets is not None:
-            calls["n"] += 1
-            if calls["n"] > 12:  # from step 7 on (2 micro-batches a step): NaN gradients, then NaN weights
-                loss = loss * float("nan")
-        return logits, loss
-
-    monkeypatch.setattr(GPT, "forward", forward_with_nan)
+    nan_loss_from_step(monkeypatch, 7)  # NaN gradients from step 7, then NaN weights
     config = load_config(train.DEFAULTS, train_flags(char_data_dir, tmp_path, "--max_iters=20", "--eval_interval=5",
                                                      "--log_interval=100")[1:])
     with pytest.raises(SystemExit, match="weights are not finite at step 10; not writing last.pt"):
