@@ -64,7 +64,6 @@ T_q > 1), head dims above 128.
 """
 
 import os
-import sys
 import time
 
 import torch
@@ -166,7 +165,7 @@ def _attn_fwd(Q, K, V, O, LSE, qk_scale,
     off_bh = first_bh + rank % heads_in_group
     if CAUSAL:
         pid_m = n_tiles - 1 - pid_m
-    off_b = (off_bh // H).to(tl.int64)  # int64: B*H*T*D can pass 2**31 elements
+    off_b = (off_bh // H).to(tl.int64)  # int64: B*H*T*D can pass 2**31 elements (within a head: _check_inputs)
     off_h = (off_bh % H).to(tl.int64)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -207,9 +206,10 @@ def _attn_bwd_preprocess(O, DO, Delta,
                          stride_dob, stride_doh, stride_dot, stride_dod,
                          H, T, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
     # delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij: the per-row term of the softmax backward. Computed once here
-    # because the dK/dV loop needs it for every query row it visits.
-    pid_m = tl.program_id(0)
-    off_bh = tl.program_id(1)
+    # because the dK/dV loop needs it for every query row it visits. Program (tile, bh) on a 1-D grid, tiles fastest.
+    n_tiles = tl.cdiv(T, BLOCK_M)
+    pid_m = tl.program_id(0) % n_tiles
+    off_bh = tl.program_id(0) // n_tiles
     off_b = (off_bh // H).to(tl.int64)
     off_h = (off_bh % H).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -295,8 +295,10 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, Delta, qk_scale, sm_scale,
     tl.static_assert(BLOCK_N1 % BLOCK_M1 == 0)  # diagonal of a key tile starts and ends on query-tile boundaries
     tl.static_assert(BLOCK_M2 % BLOCK_N2 == 0)  # diagonal of a query tile starts and ends on key-tile boundaries
     tl.static_assert(HALVES != 3 or BLOCK_N1 == BLOCK_M2)  # one grid covers both halves
-    pid = tl.program_id(0)
-    off_bh = tl.program_id(1)
+    # a 1-D grid, tiles fastest (a grid's second axis holds at most 65535 programs: B x H can be more)
+    n_tiles = tl.cdiv(T, BLOCK_M2 if HALVES == 2 else BLOCK_N1)
+    pid = tl.program_id(0) % n_tiles
+    off_bh = tl.program_id(0) // n_tiles
     off_b = (off_bh // H).to(tl.int64)
     off_h = (off_bh % H).to(tl.int64)
     Q += off_b * stride_qb + off_h * stride_qh
@@ -369,7 +371,8 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, Delta, qk_scale, sm_scale,
 
 # ----------------------------------------------------------------------------------------------------------------
 # Launch configuration. Fixed per (head dim, dtype): no autotuning, so nothing is timed at start-up and results are
-# reproducible run to run. Numbers picked on an H100 with `python flash_attention.py` (see BENCHMARKS.md).
+# reproducible run to run. Numbers picked on an H100 with `python flash_attention.py` (see BENCHMARKS.md), which
+# sweeps D=64 and D=128; D=16 and D=32 reuse D=64's numbers untimed.
 # fwd = (BLOCK_M, BLOCK_N, num_warps, num_stages, GROUP_HEADS). GROUP_HEADS is the forward's launch order (see
 # _attn_fwd): against the old order (1), 32 made the GPT-2 shape's forward 3-4% faster and 8 the D=128 shape's 2-7%
 # (H100, BENCHMARKS.md, fifth session).
@@ -416,8 +419,10 @@ def _kernel_flags(dtype):
     return input_precision, upcast
 
 
+_POISON_OUTPUTS = False  # tests set it, so that an element a kernel forgets to write shows up as NaN
+
+
 def _new_output(shape, like, dtype=None):
-    # Tests set _POISON_OUTPUTS so that an element a kernel forgets to write shows up as NaN.
     if _POISON_OUTPUTS:
         return torch.full(shape, float("nan"), dtype=dtype or like.dtype, device=like.device)
     return torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
@@ -432,11 +437,9 @@ def _new_output_like(q):
     return _new_output((B, T, H, D), q).transpose(1, 2)
 
 
-_POISON_OUTPUTS = False
-
-
 def _forward(q, k, v, causal, softmax_scale, config=None):
-    """Launch the forward kernel. Returns out (B, H, T, D) contiguous and lse (B, H, T) fp32, base 2."""
+    """Launch the forward kernel. Returns out (B, H, T, D) stored as (B, T, H, D) (see _new_output_like) and lse
+    (B, H, T) fp32, base 2."""
     B, H, T, D = q.shape
     block_m, block_n, num_warps, num_stages, group_heads = (config or _config(D, q.dtype, q.device))["fwd"]
     out = _new_output_like(q)
@@ -453,7 +456,8 @@ def _forward(q, k, v, causal, softmax_scale, config=None):
 
 
 def _backward(dout, q, k, v, out, lse, causal, softmax_scale, config=None):
-    """Launch the delta preprocess and the backward kernel. Returns dq, dk, dv, laid out in memory as q is."""
+    """Launch the delta preprocess and the backward kernel(s). Returns dq, dk, dv (B, H, T, D), each stored as
+    (B, T, H, D) whatever q's strides (see _new_output_like)."""
     B, H, T, D = q.shape
     bwd = (config or _config(D, q.dtype, q.device))["bwd"]
     dq, dk, dv = _new_output_like(q), _new_output_like(q), _new_output_like(q)
@@ -461,8 +465,8 @@ def _backward(dout, q, k, v, out, lse, causal, softmax_scale, config=None):
         return dq, dk, dv
     delta = _new_output((B, H, T), q, torch.float32)
     pre_block = 64
-    _attn_bwd_preprocess[(triton.cdiv(T, pre_block), B * H)](out, dout, delta, *out.stride(), *dout.stride(), H, T,
-                                                             HEAD_DIM=D, BLOCK_M=pre_block)
+    _attn_bwd_preprocess[(triton.cdiv(T, pre_block) * B * H,)](out, dout, delta, *out.stride(), *dout.stride(), H, T,
+                                                               HEAD_DIM=D, BLOCK_M=pre_block)
     input_precision, upcast = _kernel_flags(q.dtype)
     if len(bwd) == 6:  # one kernel, both halves: (M1, N1, M2, N2, warps, stages)
         m1, n1, m2, n2, num_warps, num_stages = bwd
@@ -472,7 +476,7 @@ def _backward(dout, q, k, v, out, lse, causal, softmax_scale, config=None):
         # the tile sizes of the half a kernel skips only have to pass the static asserts
         launches = [(1, n1, (m1, n1, n1, m1), warps1, stages1), (2, m2, (n2, m2, m2, n2), warps2, stages2)]
     for halves, tile, (block_m1, block_n1, block_m2, block_n2), num_warps, num_stages in launches:
-        _attn_bwd[(triton.cdiv(T, tile), B * H)](
+        _attn_bwd[(triton.cdiv(T, tile) * B * H,)](
             q, k, v, dout, dq, dk, dv, lse, delta, softmax_scale * LOG2_E, softmax_scale,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), H, T,
             HEAD_DIM=D, BLOCK_M1=block_m1, BLOCK_N1=block_n1, BLOCK_M2=block_m2, BLOCK_N2=block_n2,
@@ -566,6 +570,12 @@ def _check_inputs(q, k, v):
     if q.shape[-1] > MAX_HEAD_DIM:
         raise FlashAttentionError(f"flash_attention: head dim {q.shape[-1]} > {MAX_HEAD_DIM} is not supported "
                                   f"(use attention='sdpa')")
+    # the (batch, head) offsets are int64 in the kernels, the row offsets within one (batch, head) int32
+    for x in (q, k, v):
+        B, H, T, D = x.shape
+        if max((T - 1) * x.stride(2) + (D - 1) * x.stride(3), T * H * D) >= 2 ** 31:
+            raise FlashAttentionError(f"flash_attention: one head's rows span 2**31 elements or more (shape "
+                                      f"{tuple(x.shape)}, strides {x.stride()}); shorten T or use attention='sdpa'")
     if q.device.type != "cuda" and not _interpreting():
         raise FlashAttentionError("flash_attention: CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 "
                                   "before importing flash_attention (or use attention='sdpa')")
@@ -574,15 +584,17 @@ def _check_inputs(q, k, v):
 def flash_attention(q, k, v, causal=True, softmax_scale=None):
     """softmax(scale * q @ k^T [causal mask]) @ v for q, k, v of shape (B, H, T, D); returns (B, H, T, D).
 
-    softmax_scale defaults to 1/sqrt(D). Any strides are accepted (no copies are made); the output (and the gradients) are stored as (B, T, H, D), so out.transpose(1, 2) is contiguous. Head
-    dims that are not a power of two (or below 16) are zero-padded up to one, which copies q, k and v: zero
-    columns change no score, and the padded output columns are dropped (then out.transpose(1, 2) is a view
-    with the padding's strides, not contiguous).
+    softmax_scale defaults to 1/sqrt(D) and must be positive. Any strides are accepted; the output (and the
+    gradients) are stored as (B, T, H, D), so out.transpose(1, 2) is contiguous. Head dims that are not a power of
+    two (or below 16) are zero-padded up to one, which copies q, k and v: zero columns change no score, and the
+    padded output columns are dropped (out.transpose(1, 2) is then a view, not contiguous).
     """
     _check_inputs(q, k, v)
     head_dim = q.shape[-1]
     if softmax_scale is None:
         softmax_scale = head_dim ** -0.5
+    if not softmax_scale > 0:  # the kernels take maxima before scaling and mask with -inf: both need a positive scale
+        raise FlashAttentionError(f"flash_attention: softmax_scale must be positive, got {softmax_scale}")
     padded_dim = max(16, triton.next_power_of_2(head_dim))  # tl.arange and tl.dot need a power of two >= 16
     if padded_dim != head_dim:
         pad = (0, padded_dim - head_dim)
@@ -599,7 +611,7 @@ def flash_attention(q, k, v, causal=True, softmax_scale=None):
 #
 # A decoding step has a single query per (batch, head), so the forward kernel's parallelism over query tiles is gone:
 # one program per (batch, head) would walk the whole cache alone, one tile after another, and leave most of the GPU
-# idle (a version of that measured slower than plain torch ops, BENCHMARKS.md, fourth session). Instead the keys are
+# idle. Instead the keys are
 # cut into splits, one program each, and every program computes the softmax of its split on its own: its local
 # maximum m_s, denominator l_s and unnormalized sum acc_s = sum_j exp(s_j - m_s) v_j. A second, tiny kernel merges
 # them exactly as the online softmax merges tiles: with M = max_s m_s,
@@ -617,14 +629,14 @@ _DECODE_MAX_SPLITS = 64  # at most this many partial results per (batch, head): 
 def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, qk_scale,
                   stride_qb, stride_qh, stride_knb, stride_knh, stride_vnb, stride_vnh,
                   stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
-                  H, L, TILES_PER_SPLIT,
+                  H, L, TILES_PER_SPLIT, N_SPLITS,
                   HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
     # Program (split, bh): the softmax-weighted sum of the values in cache slots
     # [split * TILES_PER_SPLIT * BLOCK_N, (split + 1) * TILES_PER_SPLIT * BLOCK_N), for the slots the query can see.
     # The slot at the query's own position gets this step's key and value (K_NEW, V_NEW): the program whose split
     # holds it stores them there and uses them from registers, so no program reads that slot from memory.
-    split = tl.program_id(0)
-    off_bh = tl.program_id(1)
+    split = tl.program_id(0) % N_SPLITS  # a 1-D grid, splits fastest (a second axis holds at most 65535: B x H)
+    off_bh = tl.program_id(0) // N_SPLITS
     off_b = (off_bh // H).to(tl.int64)
     off_h = (off_bh % H).to(tl.int64)
     # The query's position: slots 0..last are visible (later ones are empty or stale). Clamped so that a position
@@ -666,7 +678,7 @@ def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, qk_scale
             l = l * alpha + tl.sum(p, axis=0)
             acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
             m = m_new
-        part = off_bh * tl.num_programs(0) + split
+        part = off_bh * N_SPLITS + split
         tl.store(PART_ACC + part * HEAD_DIM + offs_d, acc)
         tl.store(PART_M + part, m)
         tl.store(PART_L + part, l)
@@ -717,10 +729,10 @@ def _decode(q, k, v, k_cache, v_cache, position, config=None):
     q, k, v = (x if x.stride(3) == 1 else x.contiguous() for x in (q, k, v))
     if k_cache.stride(3) != 1 or v_cache.stride(3) != 1:  # stores must land in the caller's tensors: no copies
         raise FlashAttentionError("flash_decode: the caches' head dim must be contiguous (stride 1)")
-    _decode_split[(n_splits, B * H)](q, k, v, k_cache, v_cache, position, part_acc, part_m, part_l,
-                                     D ** -0.5 * LOG2_E, *q.stride()[:2], *k.stride()[:2], *v.stride()[:2],
-                                     *k_cache.stride()[:3], *v_cache.stride()[:3], H, L, tiles_per_split,
-                                     HEAD_DIM=D, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
+    _decode_split[(n_splits * B * H,)](q, k, v, k_cache, v_cache, position, part_acc, part_m, part_l,
+                                       D ** -0.5 * LOG2_E, *q.stride()[:2], *k.stride()[:2], *v.stride()[:2],
+                                       *k_cache.stride()[:3], *v_cache.stride()[:3], H, L, tiles_per_split, n_splits,
+                                       HEAD_DIM=D, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
     _decode_merge[(B * H,)](part_acc, part_m, part_l, position, out, out.stride(0), out.stride(1),
                             H, L, n_splits, tiles_per_split * block_n,
                             HEAD_DIM=D, MAX_SPLITS=_DECODE_MAX_SPLITS, num_warps=4)
@@ -747,9 +759,10 @@ def _(q, k, v, k_cache, v_cache, position):
 def flash_decode(q, k, v, k_cache, v_cache, position):
     """One decoding step's attention: store the new key and value k, v (B, H, 1, D) in slot `position` of the caches
     k_cache, v_cache (B, H, L, D; any strides with the head dim contiguous, e.g. a prefix of a larger buffer), then
-    attend the query q (B, H, 1, D) over cache slots 0..position (clamped to L - 1); later slots are ignored whatever
-    they hold. position is a 1-element int64 tensor on q's device. Returns (B, H, 1, D), stored as (B, 1, H, D).
-    Inference only (no autograd); check decode_supported(q, k_cache) first."""
+    attend the query q (B, H, 1, D) over cache slots 0..position; later slots are ignored whatever they hold.
+    position is a 1-element int64 tensor on q's device with 0 <= position < L: it is data, not checked here (the
+    kernel clamps a larger one to L - 1, overwriting that slot, so memory outside the caches is never touched).
+    Returns (B, H, 1, D), stored as (B, 1, H, D). Inference only (no autograd); check decode_supported first."""
     shapes_ok = (decode_supported(q, k_cache) and k.shape == v.shape == q.shape and k_cache.shape == v_cache.shape
                  and k_cache.shape[:2] == q.shape[:2] and k_cache.shape[3] == q.shape[3]
                  and k.dtype == v.dtype == k_cache.dtype == v_cache.dtype == q.dtype)
@@ -827,7 +840,7 @@ _SWEEP_BWD = {
 }
 
 
-def main(argv):
+def main():
     if not torch.cuda.is_available():
         raise SystemExit("error: tuning needs a CUDA GPU (the CPU interpreter is only for tests)")
     print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
@@ -836,4 +849,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -4,8 +4,8 @@ Tests for flash_attention.py: forward output and dQ, dK, dV against float64 math
     cd /work/main && python -m pytest tests/test_flash_attention.py -q
 
 Without CUDA the kernels run in Triton's CPU interpreter on tiny shapes (TRITON_INTERPRET=1 is set below, before
-flash_attention is imported, because Triton reads it when the kernels are decorated). Tests marked `gpu` run the
-real shapes from issue 4 and skip without CUDA. Every output buffer the kernels write is pre-filled with NaN, so an
+flash_attention is imported, because Triton reads it when the kernels are decorated). Tests decorated `needs_gpu`
+run the real shapes from issue 4 and skip without CUDA. Every output buffer the kernels write is pre-filled with NaN, so an
 element a kernel forgets to write fails the test, and NaN never passes a comparison. Each run draws a new seed; a
 failure message prints it.
 """
@@ -142,6 +142,17 @@ def test_strided_inputs_and_gradients():
                             dout_fn=transposed_dout)
 
 
+def test_q_k_v_with_three_different_layouts():
+    # every other test gives q, k and v the same strides, so a kernel reading k with q's strides would pass them
+    def three_layouts(q, k, v):
+        B, H, T, D = q.shape
+        k_view = k.transpose(1, 2).contiguous().transpose(1, 2)  # stored (B, T, H, D)
+        v_view = torch.cat([v, torch.full_like(v, float("nan"))], dim=-1)[..., :D]  # rows 2D apart, NaN beside
+        return q.detach(), k_view.detach(), v_view.detach()
+
+    check_against_reference((2, 3, 45, 32), torch.float32, causal=True, make_views=three_layouts)
+
+
 def test_broadcast_gradient_from_sum():
     # out.sum().backward() hands the kernel an expanded dout whose strides are all zero.
     generator, seed = fresh_generator()
@@ -158,6 +169,8 @@ GPU_TILE_CONFIGS = {
     "d128-tiles": fa._GPU_CONFIGS[128],
     "candidate-tiles": {"fwd": (128, 64, 4, 3, 2), "bwd": (16, 64, 64, 32, 4, 3)},  # M1 != N2; see _SWEEP_BWD
     "split-backward": {"fwd": (64, 64, 4, 3, 2), "bwd": ((32, 64, 4, 3), (64, 32, 4, 3))},  # two kernels
+    "fp32-d64-tiles": fa._GPU_FP32_CONFIGS[64],
+    "fp32-d128-tiles": fa._GPU_FP32_CONFIGS[128],
 }
 
 
@@ -181,6 +194,7 @@ def test_gpu_tile_shapes_in_interpreter(causal, config_name):
 
 def test_backward_is_deterministic():
     # No atomics: each gradient element is summed by one program in a fixed order, so reruns are bitwise equal.
+    # (Only a GPU, where programs run concurrently, could break this; the interpreter runs them one at a time.)
     generator, _ = fresh_generator()
     q, k, v = random_qkv((1, 2, 50, 32), torch.bfloat16, DEVICE, generator)
     dout = torch.randn(1, 2, 50, 32, generator=generator, device=DEVICE).bfloat16()
@@ -206,11 +220,20 @@ def test_no_probability_matrix_saved():
     (lambda: [torch.randn(1, 2, 8, 16).double()] * 3, "dtype"),
     (lambda: [torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 16).half(), torch.randn(1, 2, 8, 16)], "dtype"),
     (lambda: [torch.randn(1, 2, 8, 256)] * 3, "head dim 256"),
+    (lambda: [torch.randn(1, 1, 1, 16).expand(1, 1, 2 ** 27, 16)] * 3, r"span 2\*\*31 elements"),  # int32 rows
 ])
 def test_bad_inputs_raise(make_inputs, message):
     with pytest.raises(fa.FlashAttentionError, match=message):
         fa.flash_attention(*make_inputs())
     assert issubclass(fa.FlashAttentionError, ValueError)
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.5, float("nan")])
+def test_softmax_scale_must_be_positive(scale):
+    # the kernels take row maxima before scaling and mask with -inf: a scale <= 0 (or NaN) would give NaN outputs
+    q = torch.randn(1, 2, 17, 16, device=DEVICE)
+    with pytest.raises(fa.FlashAttentionError, match="softmax_scale must be positive"):
+        fa.flash_attention(q, q, q, softmax_scale=scale)
 
 
 def test_empty_sequence():
@@ -299,9 +322,17 @@ def test_gpu_ragged_lengths(T, causal, dtype):
 
 
 @needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("D", [16, 32, 128])
-def test_gpu_head_dims(D):
-    check_against_reference((2, 3, 1000, D), torch.bfloat16, True, device="cuda")
+def test_gpu_head_dims(D, dtype):
+    check_against_reference((2, 3, 1000, D), dtype, True, device="cuda")
+
+
+@needs_gpu
+def test_gpu_more_than_65535_batch_heads():
+    # B x H past a CUDA grid's second-axis limit (65535): every kernel takes (batch, head) from a 1-D grid
+    check_against_reference((4096, 16, 16, 16), torch.bfloat16, True, device="cuda")
+    check_decode(5462, 12, 64, 16, [0, 63], torch.bfloat16, device="cuda")  # 65,544 (batch, head) pairs
 
 
 @needs_gpu
@@ -392,6 +423,25 @@ def test_decode_bad_inputs_raise():
     q = torch.randn(1, 2, 2, 32, device=DEVICE)  # two query rows: not a decoding step
     with pytest.raises(fa.FlashAttentionError, match="flash_decode"):
         fa.flash_decode(q, q, q, q, q, torch.tensor([0], device=DEVICE))
+    q = torch.randn(1, 2, 1, 32, device=DEVICE)
+    cache = torch.randn(1, 2, 32, 10, device=DEVICE).transpose(2, 3)  # (1, 2, 10, 32) with the head dim strided
+    with pytest.raises(fa.FlashAttentionError, match="head dim must be contiguous"):
+        fa.flash_decode(q, q, q, cache, cache, torch.tensor([0], device=DEVICE))
+
+
+def test_decode_caches_of_different_layouts():
+    # the key cache a prefix of a longer buffer (as the model's graphs see it), the value cache a tensor of its own,
+    # and a non-contiguous query: each must be read with its own strides
+    generator, seed = fresh_generator()
+    q = torch.randn(2, 1, 3, 32, generator=generator, device=DEVICE).transpose(1, 2)  # (2, 3, 1, 32), strided
+    k, v = (torch.randn(2, 3, 1, 32, generator=generator, device=DEVICE) for _ in range(2))
+    k_cache = torch.randn(2, 3, 200, 32, generator=generator, device=DEVICE)[:, :, :90]
+    v_cache = torch.randn(2, 3, 90, 32, generator=generator, device=DEVICE)
+    position = 77
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    expected_k[:, :, position], expected_v[:, :, position] = k[:, :, 0], v[:, :, 0]
+    out = fa.flash_decode(q, k, v, k_cache, v_cache, torch.tensor([position], device=DEVICE))
+    assert_close("decode, mixed layouts", out, decode_reference(q, expected_k, expected_v, position), 1e-5, seed)
 
 
 @needs_gpu
