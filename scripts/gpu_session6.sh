@@ -31,6 +31,7 @@ for stage in "$@"; do
             echo "== $name round $round"; grep -E "^16x12|^4x16" "$OUT/attention_${name}_$round.log" | grep -E "ours|cudnn"
           done
         done ;;
+    profile) for args in "--batch=16" "--batch=1"; do echo "== $args"; timeout 200 python3 scripts/decode_profile.py --steps=50 $args > "$OUT/profile.log" 2>&1; grep -A24 "wall time per step" "$OUT/profile.log"; done ;;
     train) timeout 420 python3 bench.py --mode=train --compare=True --batch_sizes=64,128 --json="$OUT/train.json" > "$OUT/train.log" 2>&1; tail -16 "$OUT/train.log" ;;
   esac
 done

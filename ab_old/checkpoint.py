@@ -1,0 +1,113 @@
+"""Checkpoint I/O, written once for every script.
+
+- `save_checkpoint(state, path)`: atomic (temp file, fsync, rename), so a crash or kill -9 at any
+  moment leaves either the previous complete file or the new complete file, never half of one;
+  `atomic_write` does the same for any file (eval.py's reports, bench.py's JSON).
+- `load_checkpoint(path)`: `torch.load(weights_only=True)`, so a checkpoint cannot run code.
+- `load_model(source, device)`: a model ready for inference from our checkpoint (a .pt file or
+  an out_dir holding best.pt / last.pt) or from a Hugging Face GPT-2 directory.
+
+Export one of our checkpoints as a Hugging Face GPT-2 folder (config.json + model.safetensors):
+    python checkpoint.py --model=out-shakespeare-char --export_hf=hf-shakespeare-char
+"""
+
+import os
+
+import torch
+
+from model import GPT, GPTConfig
+from tokenizer import load_tokenizer
+
+
+def atomic_write(path, write):
+    """Call write(binary_file) on a temp file, fsync it, then rename it to `path`: readers (and a crash or
+    kill -9 at any moment) see the previous complete file or the new complete file, never half of one."""
+    tmp_path = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp_path, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)  # atomic on POSIX
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+    # make the rename itself durable
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(state, path):
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint we can read; the message names it."""
+
+
+def load_checkpoint(path, map_location="cpu"):
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated, foreign or corrupt files fail in many ways deep inside unpickling
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {first_line[:200]}); "
+                              f"point to a best.pt / last.pt written by train.py") from None
+
+
+def find_checkpoint(source, prefer="best"):
+    """Resolve an out_dir to its checkpoint file (`best.pt`, else `last.pt`); files pass through."""
+    if os.path.isfile(source):
+        return source
+    order = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
+    for name in order:
+        path = os.path.join(source, name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"no checkpoint at {source}: expected a .pt file or a folder with best.pt or last.pt "
+                            f"(train one with `python train.py`)")
+
+
+def clean_state_dict(state_dict):
+    """Strip the prefixes torch.compile (`_orig_mod.`) and DDP (`module.`) add to parameter names."""
+    out = {}
+    for name, tensor in state_dict.items():
+        for prefix in ("_orig_mod.", "module."):
+            name = name.removeprefix(prefix)
+        out[name] = tensor
+    return out
+
+
+def load_model(source, device="cpu", attention="auto"):
+    """(model in eval mode on `device`, tokenizer, checkpoint dict or None) from our checkpoint
+    or a Hugging Face GPT-2 directory."""
+    if os.path.isdir(source) and os.path.isfile(os.path.join(source, "config.json")):
+        model = GPT.from_hf_dir(source, attention=attention)
+        tokenizer, checkpoint = load_tokenizer({"name": "gpt2"}), None
+    else:
+        checkpoint = load_checkpoint(find_checkpoint(source))
+        model_args = dict(checkpoint["model_args"], attention=attention)
+        model = GPT(GPTConfig.from_dict(model_args))
+        model.load_state_dict(clean_state_dict(checkpoint["model"]))
+        tokenizer = load_tokenizer(checkpoint["tokenizer"])
+    model.to(device).eval()
+    return model, tokenizer, checkpoint
+
+
+if __name__ == "__main__":
+    import sys
+
+    from configurator import load_config
+    config = load_config({"model": "out", "export_hf": ""}, sys.argv[1:])
+    if not config["export_hf"]:
+        raise SystemExit("error: nothing to do; pass --export_hf=FOLDER to write the model as a Hugging Face GPT-2 folder")
+    try:
+        model, tokenizer, _ = load_model(config["model"])
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        raise SystemExit(f"error: {e}") from None
+    if tokenizer.name != "gpt2":
+        print(f"warning: the model uses the {tokenizer.name} tokenizer; Hugging Face tools will assume GPT-2's")
+    model.export_hf(config["export_hf"])
+    print(f"wrote {config['export_hf']}/config.json and model.safetensors")

@@ -1,0 +1,108 @@
+"""Config overrides for every script, nanoGPT style.
+
+A script keeps its defaults as plain module-level values and, under `__main__`, calls
+
+    config = load_config(defaults, sys.argv[1:])
+
+Each argument is either a config file (`config/train_shakespeare_char.py`: plain Python whose
+top-level assignments override defaults) or a flag `--key=value`. Later arguments win.
+Values are parsed with `ast.literal_eval`, so `--lr=3e-4`, `--compile=False` and
+`--out_dir=out-small` all work (a value that is not a Python literal is taken as a string).
+
+Unlike nanoGPT's exec-into-globals, mistakes fail loudly: an unknown key names the closest
+valid keys, and a value whose type does not match the default's type is refused.
+"""
+
+import ast
+import difflib
+import os
+
+
+class ConfigError(SystemExit):
+    """A one-line, user-facing config error; exits non-zero when uncaught."""
+
+    def __init__(self, message):
+        super().__init__(f"error: {message}")
+
+
+def _check_type(key, value, default, source):
+    """Return `value` coerced to the type of `default`, or raise ConfigError."""
+    if default is None or value is None:
+        return value  # None defaults accept anything (e.g. optional paths)
+    expected = type(default)
+    if expected is float and type(value) is int:
+        return float(value)  # --lr=1 should mean 1.0
+    if type(value) is not expected:
+        raise ConfigError(
+            f"{source}: {key} must be {expected.__name__} (default {default!r}), "
+            f"got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _unknown_key(key, defaults, source):
+    close = difflib.get_close_matches(key, list(defaults), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(sorted(defaults))}"
+    return ConfigError(f"{source}: unknown config key '{key}'{hint}")
+
+
+def _parse_value(text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word like --device=cuda or --out_dir=out/run1
+
+
+def _read_config_file(path):
+    if not os.path.isfile(path):
+        raise ConfigError(
+            f"config file '{path}' not found; pass an existing file like config/train_shakespeare_char.py "
+            f"or a flag of the form --key=value"
+        )
+    namespace = {}
+    with open(path) as f:
+        code = f.read()
+    try:
+        exec(compile(code, path, "exec"), namespace)
+    except Exception as e:
+        raise ConfigError(f"config file '{path}' failed to run: {type(e).__name__}: {e}") from None
+    # only plain data assignments count; imports and helpers inside the file are ignored
+    return {
+        k: v for k, v in namespace.items()
+        if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None), list, tuple, dict))
+    }
+
+
+def load_config(defaults, argv):
+    """Apply config files and --key=value flags in `argv` to a copy of `defaults`."""
+    config = dict(defaults)
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print("settings (override with config/NAME.py files or --key=value flags):\n" + format_config(defaults))
+            raise SystemExit(0)
+        if arg.startswith("--"):
+            if "=" not in arg:
+                raise ConfigError(f"flag '{arg}' has no value; write it as {arg}=VALUE")
+            key, text = arg[2:].split("=", 1)
+            overrides, source = {key: _parse_value(text)}, f"flag {arg}"
+        else:
+            overrides, source = _read_config_file(arg), f"config file {arg}"
+        for key, value in overrides.items():
+            if key not in defaults:
+                raise _unknown_key(key, defaults, source)
+            config[key] = _check_type(key, value, defaults[key], source)
+    return config
+
+
+def config_from_globals(namespace):
+    """The config defaults a script defines at module level: every public plain-data global."""
+    return {
+        k: v for k, v in namespace.items()
+        if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None)))
+    }
+
+
+def format_config(config):
+    """One `key = value` line per entry, the way a config file would say it."""
+    width = max((len(k) for k in config), default=0)
+    return "\n".join(f"{k:<{width}} = {v!r}" for k, v in config.items())

@@ -1,0 +1,838 @@
+"""
+Flash attention in Triton: forward and backward, usable from autograd and torch.compile (a torch custom op), and
+flash-decoding for one new query per row against a KV cache (the last section of kernels).
+
+    from flash_attention import flash_attention
+    out = flash_attention(q, k, v, causal=True)        # q, k, v: (B, H, T, D); autograd and torch.compile work
+    out = flash_decode(q, k, v, k_cache, v_cache, position)   # one decoding step (model.KVCache.attend calls it)
+
+    python flash_attention.py            # on a GPU: time the candidate block configs (used to pick _GPU_CONFIGS)
+    python bench.py --mode=attention     # ours against torch SDPA's flash and cuDNN backends
+
+Without a GPU the kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1, set below when there is no CUDA):
+slow, but exact enough for the tests in tests/test_flash_attention.py.
+
+The algorithm
+-------------
+Attention is O = softmax(S) V with S = scale * Q K^T (plus a causal mask: key j is hidden from query i when j > i).
+Done naively, S and P = softmax(S) are T x T matrices per head: at T=4096 that is 64 MiB per head in fp32, written to
+and read back from GPU memory several times. Flash attention never materializes them.
+
+Forward (FlashAttention-2). The queries of one (batch, head) are cut into tiles of BLOCK_M rows; one program owns one
+tile and keeps it, plus a BLOCK_M x D fp32 accumulator, in registers/shared memory. It then streams over the keys and
+values in tiles of BLOCK_N rows. For each key tile it computes the BLOCK_M x BLOCK_N block of scores S_ij with one
+matrix product, and folds it into the result with the *online softmax*:
+
+    m_new = max(m, rowmax(S_ij))                  running row maximum (for numerical safety)
+    P_ij  = exp(S_ij - m_new)                     this tile's unnormalized probabilities
+    l     = l * exp(m - m_new) + rowsum(P_ij)     running softmax denominator, rescaled to the new maximum
+    acc   = acc * exp(m - m_new) + P_ij V_j       running numerator, rescaled the same way
+
+After the last tile, O = acc / l. Every exponential is taken relative to the largest score seen so far, so nothing
+overflows, and rescaling by exp(m_old - m_new) keeps the earlier tiles consistent with the new maximum. We work in
+base 2 (exp2 is one hardware instruction; exp is exp2 plus a multiply) by folding log2(e) into the scale.
+The program also saves one number per query row: the log-sum-exp LSE = m + log(l) (base 2 here). That is all the
+backward pass needs to rebuild any probability exactly: P_ij = exp(S_ij - LSE_i).
+
+Causal attention skips work: a key tile entirely to the right of the query tile's diagonal is fully masked, so the
+loop never visits it (about half the FLOPs). Tiles entirely to the left need no mask at all; only the tiles that
+straddle the diagonal (and the ragged last tile when T is not a multiple of the block) pay for masking. That is
+why each loop below is split into an unmasked part and a masked part.
+
+Backward. With dO the gradient of O and delta_i = rowsum(dO_i * O_i) (computed by the preprocess kernel):
+
+    P  = exp(S - LSE)         recomputed tile by tile, never stored
+    dV = P^T dO
+    dP = dO V^T
+    dS = P * (dP - delta)     softmax's Jacobian, row by row: delta_i = sum_j P_ij dP_ij = rowsum(dO_i * O_i)
+    dQ = scale * dS K
+    dK = scale * dS^T Q
+
+dK and dV for a key tile are sums over all query rows, and dQ for a query tile is a sum over all key columns. To
+avoid atomics (and so be deterministic), each program of the backward kernel does both halves, FA2-style:
+first it holds one key/value tile and loops over query tiles accumulating dK, dV; then it holds one query tile and
+loops over key tiles accumulating dQ. Each sum lives in one program's registers, so plain stores suffice. In causal
+mode the first half visits T - n0 rows and the second n0 + BLOCK columns, so every program does about the same work.
+The price is recomputing S and dP in the second half (7 matrix products per tile pair instead of 5). Adding dQ
+from the first half with atomics instead was measured on an H100, as per-element atomics and as TMA bulk
+reductions: slower at the GPT-2 shape, 2.8% faster at D=128 (BENCHMARKS.md, fourth session). At D=128 the two
+halves run as two launches of the same kernel instead, each with the tiles that suit it (the HALVES argument):
+6-7% faster there, since one kernel's registers must hold the larger half's accumulators (fifth session).
+
+Not here (model.py handles them): attention dropout, cached attention of several new queries at once (T_q != T_k,
+T_q > 1), head dims above 128.
+"""
+
+import os
+import sys
+import time
+
+import torch
+
+if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
+    # With no GPU, Triton's interpreter is the only way these kernels can run (CI does this). Triton reads the
+    # variable when a kernel is decorated, so it has to be set before the @triton.jit lines below.
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+LOG2_E = 1.4426950408889634  # exp(x) == exp2(x * LOG2_E)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 128
+
+
+class FlashAttentionError(ValueError):
+    """Inputs that flash_attention cannot take (shape, dtype, device)."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Kernels
+
+
+@triton.jit
+def _dot(a, b, acc, INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # Triton 3.9's CPU interpreter multiplies bf16 blocks as raw integer bit patterns; there we upcast first, which is
+    # exact (a product of two bf16 numbers fits in fp32) and so computes what the GPU's bf16 tensor cores compute.
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
+def _load_tile(ptrs, rows, T, MASKED: tl.constexpr):
+    # A tile whose first axis is sequence positions `rows`. Positions past T (the ragged last tile) read as zeros;
+    # MASKED=False is for tiles known to lie inside [0, T), which then skip the bounds check.
+    if MASKED:
+        return tl.load(ptrs, mask=(rows < T)[:, None], other=0.0)
+    return tl.load(ptrs)
+
+
+@triton.jit
+def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n, T, lo, hi, qk_scale,
+                    BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                    INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # Fold key/value tiles [lo, hi) into the running (acc, l_i, m_i). MASKED=False is the fast path for tiles that
+    # are fully visible and fully inside [0, T): no bounds checks and no mask arithmetic.
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        k = _load_tile(k_ptrs + start_n * stride_kt, cols, T, MASKED)
+        qk = _dot(q, tl.trans(k), None, INPUT_PRECISION, UPCAST)  # raw scores; the scale is applied below
+        if MASKED:
+            visible = (cols < T)[None, :]
+            if CAUSAL:
+                visible = visible & (offs_m[:, None] >= cols[None, :])
+            qk = tl.where(visible, qk, float("-inf"))
+        # Online softmax, in log2 units (qk_scale includes log2(e)). m_i starts at -inf, but the first tile a row
+        # sees always holds key 0, which every row may attend to, so m_new is finite from the first step on and
+        # exp2(m_i - m_new) never sees (-inf) - (-inf). The scale is applied to the row maxima rather than to the
+        # whole tile (it is positive, so it commutes with max), which makes scale-and-subtract one fused
+        # multiply-add per score: one instruction fewer per score, 2-3% of the forward at D=64 (BENCHMARKS.md).
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.exp2(qk * qk_scale - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = _load_tile(v_ptrs + start_n * stride_vt, cols, T, MASKED)
+        # P goes into the matrix unit in the input dtype (as in FA2); the accumulation stays fp32.
+        acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], INPUT_PRECISION, UPCAST)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd(Q, K, V, O, LSE, qk_scale,
+              stride_qb, stride_qh, stride_qt, stride_qd,
+              stride_kb, stride_kh, stride_kt, stride_kd,
+              stride_vb, stride_vh, stride_vt, stride_vd,
+              stride_ob, stride_oh, stride_ot, stride_od,
+              H, T, GROUP_HEADS,
+              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+              INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    tl.static_assert(BLOCK_M % BLOCK_N == 0)  # so the causal diagonal starts on a key-tile boundary
+    # Launch order. One program per (query tile, batch x head) on a 1-D grid, which the GPU starts in index order.
+    # The heads come in groups of GROUP_HEADS; within a group the programs go tile by tile, all the group's heads
+    # for one tile before the next tile. Programs running together then read the keys and values of a few heads
+    # only (they stay in L2), and, in causal mode, the later query tiles (which see more keys) are launched first,
+    # so the short ones fill the tail of each group instead of a long one running alone at the end of the grid.
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(T, BLOCK_M)
+    group = pid // (GROUP_HEADS * n_tiles)
+    first_bh = group * GROUP_HEADS
+    heads_in_group = tl.minimum(tl.num_programs(0) // n_tiles - first_bh, GROUP_HEADS)  # the last group may be short
+    rank = pid - first_bh * n_tiles
+    pid_m = rank // heads_in_group
+    off_bh = first_bh + rank % heads_in_group
+    if CAUSAL:
+        pid_m = n_tiles - 1 - pid_m
+    off_b = (off_bh // H).to(tl.int64)  # int64: B*H*T*D can pass 2**31 elements
+    off_h = (off_bh % H).to(tl.int64)
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd
+    k_ptrs = K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd
+    v_ptrs = V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd
+    q = tl.load(q_ptrs, mask=(offs_m < T)[:, None], other=0.0)  # rows past T compute garbage that is never stored
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    if CAUSAL:
+        # Keys left of this tile are visible to all its rows: no mask. Keys in [row0, row0 + BLOCK_M) straddle the
+        # diagonal: masked. Keys right of that are hidden from every row: never loaded.
+        diag_lo = pid_m * BLOCK_M
+        diag_hi = tl.minimum(diag_lo + BLOCK_M, T)
+    else:
+        # All keys are visible; only the ragged last tile (when T % BLOCK_N != 0) needs the bounds mask.
+        diag_lo = (T // BLOCK_N) * BLOCK_N
+        diag_hi = T
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n, T,
+                                    0, diag_lo, qk_scale, BLOCK_N, False, CAUSAL, INPUT_PRECISION, UPCAST)
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n, T,
+                                    diag_lo, diag_hi, qk_scale, BLOCK_N, True, CAUSAL, INPUT_PRECISION, UPCAST)
+
+    out = acc / l_i[:, None]
+    lse = m_i + tl.log2(l_i)  # base-2 log-sum-exp of the scaled scores: all the backward pass needs of the softmax
+    tl.store(LSE + off_bh.to(tl.int64) * T + offs_m, lse, mask=offs_m < T)
+    o_ptrs = O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=(offs_m < T)[:, None])
+
+
+@triton.jit
+def _attn_bwd_preprocess(O, DO, Delta,
+                         stride_ob, stride_oh, stride_ot, stride_od,
+                         stride_dob, stride_doh, stride_dot, stride_dod,
+                         H, T, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+    # delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij: the per-row term of the softmax backward. Computed once here
+    # because the dK/dV loop needs it for every query row it visits.
+    pid_m = tl.program_id(0)
+    off_bh = tl.program_id(1)
+    off_b = (off_bh // H).to(tl.int64)
+    off_h = (off_bh % H).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows = (offs_m < T)[:, None]
+    o = tl.load(O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od,
+                mask=rows, other=0.0)
+    do = tl.load(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dot
+                 + offs_d[None, :] * stride_dod, mask=rows, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(Delta + off_bh.to(tl.int64) * T + offs_m, delta, mask=offs_m < T)
+
+
+@triton.jit
+def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qt, stride_dot, offs_m, offs_n,
+                         T, lo, hi, qk_scale,
+                         BLOCK_M: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                         INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # For one key/value tile (k, v: BLOCK_N x D), add the contributions of query rows [lo, hi) to dK and dV.
+    # Everything is computed transposed (keys along rows) so the results land directly in dK, dV's layout.
+    for start_m in range(lo, hi, BLOCK_M):
+        start_m = tl.multiple_of(start_m, BLOCK_M)
+        rows = start_m + offs_m
+        q = _load_tile(q_ptrs + start_m * stride_qt, rows, T, MASKED)
+        do = _load_tile(do_ptrs + start_m * stride_dot, rows, T, MASKED)
+        if MASKED:
+            lse = tl.load(lse_ptr + rows, mask=rows < T, other=0.0)
+            delta = tl.load(delta_ptr + rows, mask=rows < T, other=0.0)
+        else:
+            lse = tl.load(lse_ptr + rows)
+            delta = tl.load(delta_ptr + rows)
+        s_t = _dot(k, tl.trans(q), None, INPUT_PRECISION, UPCAST) * qk_scale  # S^T tile, log2 units
+        p_t = tl.exp2(s_t - lse[None, :])  # exact probabilities, rebuilt from the saved log-sum-exp
+        if MASKED:
+            visible = (rows < T)[None, :]
+            if CAUSAL:
+                visible = visible & (rows[None, :] >= offs_n[:, None])
+            p_t = tl.where(visible, p_t, 0.0)
+        dv = _dot(p_t.to(do.dtype), do, dv, INPUT_PRECISION, UPCAST)  # dV += P^T dO
+        dp_t = _dot(v, tl.trans(do), None, INPUT_PRECISION, UPCAST)  # dP^T = V dO^T
+        ds_t = p_t * (dp_t - delta[None, :])  # dS^T (without the softmax scale, applied once at the end)
+        dk = _dot(ds_t.to(q.dtype), q, dk, INPUT_PRECISION, UPCAST)  # dK += dS^T Q
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n, T, lo, hi,
+                       qk_scale,
+                       BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                       INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # For one query tile, add the contributions of key columns [lo, hi) to dQ.
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        k = _load_tile(k_ptrs + start_n * stride_kt, cols, T, MASKED)
+        v = _load_tile(v_ptrs + start_n * stride_vt, cols, T, MASKED)
+        s = _dot(q, tl.trans(k), None, INPUT_PRECISION, UPCAST) * qk_scale
+        p = tl.exp2(s - lse[:, None])
+        if MASKED:
+            visible = (cols < T)[None, :]
+            if CAUSAL:
+                visible = visible & (offs_m[:, None] >= cols[None, :])
+            p = tl.where(visible, p, 0.0)
+        dp = _dot(do, tl.trans(v), None, INPUT_PRECISION, UPCAST)
+        ds = p * (dp - delta[:, None])
+        dq = _dot(ds.to(k.dtype), k, dq, INPUT_PRECISION, UPCAST)  # dQ += dS K
+    return dq
+
+
+@triton.jit
+def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, Delta, qk_scale, sm_scale,
+              stride_qb, stride_qh, stride_qt, stride_qd,
+              stride_kb, stride_kh, stride_kt, stride_kd,
+              stride_vb, stride_vh, stride_vt, stride_vd,
+              stride_dob, stride_doh, stride_dot, stride_dod,
+              stride_gb, stride_gh, stride_gt, stride_gd,  # dq, dk, dv: allocated alike, so one set of strides
+              H, T,
+              HEAD_DIM: tl.constexpr, BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr,
+              BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr, CAUSAL: tl.constexpr,
+              INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, HALVES: tl.constexpr):
+    # Program (pid, bh) computes dK, dV for key tile pid (BLOCK_N1 keys), then dQ for query tile pid (BLOCK_M2 rows).
+    # HALVES = 3 does both; 1 only dK, dV and 2 only dQ, for launching the halves as two kernels.
+    tl.static_assert(BLOCK_N1 % BLOCK_M1 == 0)  # diagonal of a key tile starts and ends on query-tile boundaries
+    tl.static_assert(BLOCK_M2 % BLOCK_N2 == 0)  # diagonal of a query tile starts and ends on key-tile boundaries
+    tl.static_assert(HALVES != 3 or BLOCK_N1 == BLOCK_M2)  # one grid covers both halves
+    pid = tl.program_id(0)
+    off_bh = tl.program_id(1)
+    off_b = (off_bh // H).to(tl.int64)
+    off_h = (off_bh % H).to(tl.int64)
+    Q += off_b * stride_qb + off_h * stride_qh
+    K += off_b * stride_kb + off_h * stride_kh
+    V += off_b * stride_vb + off_h * stride_vh
+    DO += off_b * stride_dob + off_h * stride_doh
+    LSE += off_bh.to(tl.int64) * T
+    Delta += off_bh.to(tl.int64) * T
+    grad_base = off_b * stride_gb + off_h * stride_gh
+    offs_d = tl.arange(0, HEAD_DIM)
+
+    if HALVES & 1:
+        # ---- dK, dV for keys [start_n, start_n + BLOCK_N1)
+        start_n = pid * BLOCK_N1
+        offs_n = start_n + tl.arange(0, BLOCK_N1)
+        keys_in = (offs_n < T)[:, None]
+        k = tl.load(K + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd, mask=keys_in, other=0.0)
+        v = tl.load(V + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd, mask=keys_in, other=0.0)
+        dk = tl.zeros([BLOCK_N1, HEAD_DIM], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N1, HEAD_DIM], dtype=tl.float32)
+        offs_m1 = tl.arange(0, BLOCK_M1)
+        q_ptrs = Q + offs_m1[:, None] * stride_qt + offs_d[None, :] * stride_qd
+        do_ptrs = DO + offs_m1[:, None] * stride_dot + offs_d[None, :] * stride_dod
+        if CAUSAL:
+            # Queries above this key tile cannot see it: start at its diagonal, which straddles rows
+            # [start_n, start_n + BLOCK_N1) and is masked; every row below it sees the whole tile.
+            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, Delta, stride_qt, stride_dot, offs_m1,
+                                          offs_n, T, start_n, tl.minimum(start_n + BLOCK_N1, T), qk_scale,
+                                          BLOCK_M1, True, CAUSAL, INPUT_PRECISION, UPCAST)
+            full_lo = start_n + BLOCK_N1
+        else:
+            full_lo = 0
+        full_hi = (T // BLOCK_M1) * BLOCK_M1  # whole query tiles inside [0, T)
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, Delta, stride_qt, stride_dot, offs_m1, offs_n,
+                                      T, full_lo, full_hi, qk_scale, BLOCK_M1, False, CAUSAL, INPUT_PRECISION, UPCAST)
+        # The ragged last query tile, if T % BLOCK_M1 != 0 and the diagonal part did not already cover it.
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, Delta, stride_qt, stride_dot, offs_m1, offs_n,
+                                      T, tl.maximum(full_lo, full_hi), T, qk_scale, BLOCK_M1, True, CAUSAL,
+                                      INPUT_PRECISION, UPCAST)
+        g_ptrs = grad_base + offs_n[:, None] * stride_gt + offs_d[None, :] * stride_gd
+        tl.store(DV + g_ptrs, dv.to(DV.dtype.element_ty), mask=keys_in)
+        tl.store(DK + g_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=keys_in)
+
+    if HALVES & 2:
+        # ---- dQ for queries [start_m, start_m + BLOCK_M2)
+        start_m = pid * BLOCK_M2
+        offs_m = start_m + tl.arange(0, BLOCK_M2)
+        rows_in = offs_m < T
+        q = tl.load(Q + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd, mask=rows_in[:, None], other=0.0)
+        do = tl.load(DO + offs_m[:, None] * stride_dot + offs_d[None, :] * stride_dod, mask=rows_in[:, None], other=0.0)
+        lse = tl.load(LSE + offs_m, mask=rows_in, other=0.0)
+        delta = tl.load(Delta + offs_m, mask=rows_in, other=0.0)
+        dq = tl.zeros([BLOCK_M2, HEAD_DIM], dtype=tl.float32)
+        offs_n2 = tl.arange(0, BLOCK_N2)
+        k_ptrs = K + offs_n2[:, None] * stride_kt + offs_d[None, :] * stride_kd
+        v_ptrs = V + offs_n2[:, None] * stride_vt + offs_d[None, :] * stride_vd
+        if CAUSAL:  # same split as the forward pass
+            diag_lo = start_m
+            diag_hi = tl.minimum(start_m + BLOCK_M2, T)
+        else:
+            diag_lo = (T // BLOCK_N2) * BLOCK_N2
+            diag_hi = T
+        dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n2, T,
+                                0, diag_lo, qk_scale, BLOCK_N2, False, CAUSAL, INPUT_PRECISION, UPCAST)
+        dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n2, T,
+                                diag_lo, diag_hi, qk_scale, BLOCK_N2, True, CAUSAL, INPUT_PRECISION, UPCAST)
+        g_ptrs = grad_base + offs_m[:, None] * stride_gt + offs_d[None, :] * stride_gd
+        tl.store(DQ + g_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=rows_in[:, None])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launch configuration. Fixed per (head dim, dtype): no autotuning, so nothing is timed at start-up and results are
+# reproducible run to run. Numbers picked on an H100 with `python flash_attention.py` (see BENCHMARKS.md).
+# fwd = (BLOCK_M, BLOCK_N, num_warps, num_stages, GROUP_HEADS). GROUP_HEADS is the forward's launch order (see
+# _attn_fwd): against the old order (1), 32 made the GPT-2 shape's forward 3-4% faster and 8 the D=128 shape's 2-7%
+# (H100, BENCHMARKS.md, fifth session).
+# bwd = (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, num_warps, num_stages) for one kernel doing both halves, or
+# ((BLOCK_M1, BLOCK_N1, num_warps, num_stages), (BLOCK_M2, BLOCK_N2, num_warps, num_stages)) for two kernels.
+
+_GPU_CONFIGS = {
+    # fp16/bf16, by head dim. For D=128 the backward needs 8 warps to keep its two BLOCK_N1 x D fp32 accumulators
+    # (dK, dV) in registers: with 4 warps ptxas spills them to local memory.
+    16: {"fwd": (64, 64, 4, 3, 32), "bwd": (16, 64, 64, 64, 4, 3)},
+    32: {"fwd": (64, 64, 4, 3, 32), "bwd": (16, 64, 64, 64, 4, 3)},
+    64: {"fwd": (64, 64, 4, 3, 32), "bwd": (16, 64, 64, 64, 4, 3)},
+    # D=128: the two halves of the backward as two kernels, each with its own tiles and register budget: 2.00 ms
+    # against 2.12-2.16 for the one-kernel (64, 128, 128, 64, 8, 2) (H100, scripts/backward_split.py, fifth session).
+    # At D=64 one kernel stays faster (0.270 against 0.284 ms).
+    128: {"fwd": (128, 64, 8, 4, 8), "bwd": ((64, 128, 8, 2), (128, 64, 8, 3))},
+}
+# fp32 runs on the CUDA cores (input_precision="ieee", so fp32 really is fp32, not tf32). Its blocked layouts hold
+# more per thread, so tiles are small and warps many: the largest that ptxas fits without spilling (not timed).
+_GPU_FP32_CONFIGS = {
+    64: {"fwd": (64, 32, 8, 2, 1), "bwd": (16, 64, 64, 16, 8, 2)},  # D <= 64
+    128: {"fwd": (32, 16, 8, 2, 1), "bwd": (16, 32, 32, 16, 8, 2)},
+}
+# In the interpreter, small tiles give tiny test shapes several tiles, a diagonal and a ragged tail to get right.
+# Heads in groups of 4 there, so that the tests' B x H (often not a multiple of 4) meets a short last group.
+_INTERPRETER_CONFIG = {"fwd": (32, 16, 4, 1, 4), "bwd": (16, 32, 32, 16, 4, 1)}
+
+
+def _interpreting():
+    return type(_attn_fwd).__name__ == "InterpretedFunction"
+
+
+def _config(head_dim, dtype, device):
+    if device.type != "cuda":
+        return _INTERPRETER_CONFIG
+    if dtype == torch.float32:
+        return _GPU_FP32_CONFIGS[64 if head_dim <= 64 else 128]
+    return _GPU_CONFIGS[head_dim]
+
+
+def _kernel_flags(dtype):
+    input_precision = "ieee" if dtype == torch.float32 else None  # fp32 stays fp32 (no silent tf32)
+    upcast = _interpreting() and dtype == torch.bfloat16
+    return input_precision, upcast
+
+
+def _new_output(shape, like, dtype=None):
+    # Tests set _POISON_OUTPUTS so that an element a kernel forgets to write shows up as NaN.
+    if _POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=dtype or like.dtype, device=like.device)
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
+
+
+def _new_output_like(q):
+    """A (B, H, T, D) tensor stored as (B, T, H, D). In a GPT, q, k and v are (B, H, T, D) views of the (B, T, 3C)
+    projection, and the model turns the output back into (B, T, C): stored this way, that transpose is free instead
+    of a copy (SDPA's kernels do the same). Always this layout, whatever q's strides: torch.compile plans memory from
+    the fake implementations below, which must promise exactly the strides the real kernels produce."""
+    B, H, T, D = q.shape
+    return _new_output((B, T, H, D), q).transpose(1, 2)
+
+
+_POISON_OUTPUTS = False
+
+
+def _forward(q, k, v, causal, softmax_scale, config=None):
+    """Launch the forward kernel. Returns out (B, H, T, D) contiguous and lse (B, H, T) fp32, base 2."""
+    B, H, T, D = q.shape
+    block_m, block_n, num_warps, num_stages, group_heads = (config or _config(D, q.dtype, q.device))["fwd"]
+    out = _new_output_like(q)
+    lse = _new_output((B, H, T), q, torch.float32)
+    if B * H * T == 0:
+        return out, lse
+    input_precision, upcast = _kernel_flags(q.dtype)
+    grid = (triton.cdiv(T, block_m) * B * H,)
+    _attn_fwd[grid](q, k, v, out, lse, softmax_scale * LOG2_E,
+                    *q.stride(), *k.stride(), *v.stride(), *out.stride(), H, T, group_heads,
+                    HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
+                    INPUT_PRECISION=input_precision, UPCAST=upcast, num_warps=num_warps, num_stages=num_stages)
+    return out, lse
+
+
+def _backward(dout, q, k, v, out, lse, causal, softmax_scale, config=None):
+    """Launch the delta preprocess and the backward kernel. Returns dq, dk, dv, laid out in memory as q is."""
+    B, H, T, D = q.shape
+    bwd = (config or _config(D, q.dtype, q.device))["bwd"]
+    dq, dk, dv = _new_output_like(q), _new_output_like(q), _new_output_like(q)
+    if B * H * T == 0:
+        return dq, dk, dv
+    delta = _new_output((B, H, T), q, torch.float32)
+    pre_block = 64
+    _attn_bwd_preprocess[(triton.cdiv(T, pre_block), B * H)](out, dout, delta, *out.stride(), *dout.stride(), H, T,
+                                                             HEAD_DIM=D, BLOCK_M=pre_block)
+    input_precision, upcast = _kernel_flags(q.dtype)
+    if len(bwd) == 6:  # one kernel, both halves: (M1, N1, M2, N2, warps, stages)
+        m1, n1, m2, n2, num_warps, num_stages = bwd
+        launches = [(3, n1, (m1, n1, m2, n2), num_warps, num_stages)]
+    else:  # two kernels, dK/dV then dQ, each with its tiles: ((M1, N1, warps, stages), (M2, N2, warps, stages))
+        (m1, n1, warps1, stages1), (m2, n2, warps2, stages2) = bwd
+        # the tile sizes of the half a kernel skips only have to pass the static asserts
+        launches = [(1, n1, (m1, n1, n1, m1), warps1, stages1), (2, m2, (n2, m2, m2, n2), warps2, stages2)]
+    for halves, tile, (block_m1, block_n1, block_m2, block_n2), num_warps, num_stages in launches:
+        _attn_bwd[(triton.cdiv(T, tile), B * H)](
+            q, k, v, dout, dq, dk, dv, lse, delta, softmax_scale * LOG2_E, softmax_scale,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), H, T,
+            HEAD_DIM=D, BLOCK_M1=block_m1, BLOCK_N1=block_n1, BLOCK_M2=block_m2, BLOCK_N2=block_n2,
+            CAUSAL=causal, INPUT_PRECISION=input_precision, UPCAST=upcast, HALVES=halves,
+            num_warps=num_warps, num_stages=num_stages)
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# torch custom ops: torch.compile sees two opaque ops with known output shapes (the fake implementations) instead of
+# tracing into Triton launches, so there are no graph breaks, and autograd connects the forward op to the backward op.
+
+
+@torch.library.custom_op("gpt::flash_attention_forward", mutates_args=())
+def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                            softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(q, k, v, causal, softmax_scale)
+
+
+# The fake implementations promise the real outputs' shapes and strides. torch.compile's on-disk cache does not see
+# edits to them: after changing one, delete the cache (/tmp/torchinductor_$USER) or it replays the old promise.
+@flash_attention_forward.register_fake
+def _(q, k, v, causal, softmax_scale):
+    B, H, T, D = q.shape
+    return _new_output_like(q), q.new_empty((B, H, T), dtype=torch.float32)
+
+
+@torch.library.custom_op("gpt::flash_attention_backward", mutates_args=())
+def flash_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             out: torch.Tensor, lse: torch.Tensor, causal: bool,
+                             softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(dout, q, k, v, out, lse, causal, softmax_scale)
+
+
+@flash_attention_backward.register_fake
+def _(dout, q, k, v, out, lse, causal, softmax_scale):
+    return _new_output_like(q), _new_output_like(q), _new_output_like(q)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, causal, softmax_scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)  # O(T) extra memory per row: the T x T probabilities are not kept
+    ctx.causal = causal
+    ctx.softmax_scale = softmax_scale
+
+
+def _backward_rule(ctx, dout, dlse):
+    # lse is an internal output (flash_attention() does not return it), so its gradient is ignored.
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = flash_attention_backward(dout, q, k, v, out, lse, ctx.causal, ctx.softmax_scale)
+    return dq, dk, dv, None, None
+
+
+flash_attention_forward.register_autograd(_backward_rule, setup_context=_setup_context)
+
+
+class _FlashAttentionFunction(torch.autograd.Function):
+    """Eager-mode twin of the custom op: the same launches with less Python in between. custom_op's dispatch and
+    autograd wrapper cost about 100 us per forward+backward (measured on the 2-core dev VM), which at GPT-2 small
+    sizes is as long as the kernels themselves. torch.compile never sees this class: it traces the custom op."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, softmax_scale):
+        out, lse = _forward(q, k, v, causal, softmax_scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal = causal
+        ctx.softmax_scale = softmax_scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(dout, q, k, v, out, lse, ctx.causal, ctx.softmax_scale)
+        return dq, dk, dv, None, None
+
+
+def _check_inputs(q, k, v):
+    if q.dim() != 4:
+        raise FlashAttentionError(f"flash_attention: q must be (B, H, T, D), got shape {tuple(q.shape)}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise FlashAttentionError(f"flash_attention: q, k, v must have one shape, got {tuple(q.shape)}, "
+                                  f"{tuple(k.shape)}, {tuple(v.shape)} (for T_q != T_k use attention='sdpa')")
+    if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise FlashAttentionError(f"flash_attention: q, k, v must share one dtype of float16/bfloat16/float32, "
+                                  f"got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise FlashAttentionError(f"flash_attention: q, k, v on different devices: {q.device}, {k.device}, "
+                                  f"{v.device}")
+    if q.shape[-1] > MAX_HEAD_DIM:
+        raise FlashAttentionError(f"flash_attention: head dim {q.shape[-1]} > {MAX_HEAD_DIM} is not supported "
+                                  f"(use attention='sdpa')")
+    if q.device.type != "cuda" and not _interpreting():
+        raise FlashAttentionError("flash_attention: CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 "
+                                  "before importing flash_attention (or use attention='sdpa')")
+
+
+def flash_attention(q, k, v, causal=True, softmax_scale=None):
+    """softmax(scale * q @ k^T [causal mask]) @ v for q, k, v of shape (B, H, T, D); returns (B, H, T, D).
+
+    softmax_scale defaults to 1/sqrt(D). Any strides are accepted (no copies are made); the output (and the
+    gradients) are stored as (B, T, H, D), so out.transpose(1, 2) is contiguous. Head dims that are not a
+    power of two (or below 16) are zero-padded up to one: zero columns change no score, and the padded output
+    columns are dropped.
+    """
+    _check_inputs(q, k, v)
+    head_dim = q.shape[-1]
+    if softmax_scale is None:
+        softmax_scale = head_dim ** -0.5
+    padded_dim = max(16, triton.next_power_of_2(head_dim))  # tl.arange and tl.dot need a power of two >= 16
+    if padded_dim != head_dim:
+        pad = (0, padded_dim - head_dim)
+        q, k, v = (torch.nn.functional.pad(x, pad) for x in (q, k, v))
+    if torch.compiler.is_compiling():
+        out, _ = flash_attention_forward(q, k, v, bool(causal), float(softmax_scale))
+    else:
+        out = _FlashAttentionFunction.apply(q, k, v, bool(causal), float(softmax_scale))
+    return out[..., :head_dim] if padded_dim != head_dim else out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoding: one new query per row against a KV cache (flash-decoding).
+#
+# A decoding step has a single query per (batch, head), so the forward kernel's parallelism over query tiles is gone:
+# one program per (batch, head) would walk the whole cache alone, one tile after another, and leave most of the GPU
+# idle (a version of that measured slower than plain torch ops, BENCHMARKS.md, fourth session). Instead the keys are
+# cut into splits, one program each, and every program computes the softmax of its split on its own: its local
+# maximum m_s, denominator l_s and unnormalized sum acc_s = sum_j exp(s_j - m_s) v_j. A second, tiny kernel merges
+# them exactly as the online softmax merges tiles: with M = max_s m_s,
+#
+#     out = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s
+#
+# The cache is read once, by many programs at a time, which is all a memory-bound step can ask for. One query row
+# makes the products matrix-vector ones, so they are elementwise products and sums here, not tl.dot.
+
+_DECODE_BLOCK_N = 64  # cache slots per tile
+_DECODE_MAX_SPLITS = 64  # at most this many partial results per (batch, head): the merge holds them all at once
+
+
+@triton.jit
+def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, qk_scale,
+                  stride_qb, stride_qh, stride_knb, stride_knh, stride_vnb, stride_vnh,
+                  stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                  H, L, TILES_PER_SPLIT,
+                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+    # Program (split, bh): the softmax-weighted sum of the values in cache slots
+    # [split * TILES_PER_SPLIT * BLOCK_N, (split + 1) * TILES_PER_SPLIT * BLOCK_N), for the slots the query can see.
+    # The slot at the query's own position gets this step's key and value (K_NEW, V_NEW): the program whose split
+    # holds it stores them there and uses them from registers, so no program reads that slot from memory.
+    split = tl.program_id(0)
+    off_bh = tl.program_id(1)
+    off_b = (off_bh // H).to(tl.int64)
+    off_h = (off_bh % H).to(tl.int64)
+    # The query's position: slots 0..last are visible (later ones are empty or stale). Clamped so that a position
+    # past the cache can never touch memory outside it.
+    last = tl.minimum(tl.load(POS), L - 1)
+    lo = split * TILES_PER_SPLIT * BLOCK_N
+    if lo <= last:  # splits wholly past the position have nothing to do; the merge skips them
+        offs_d = tl.arange(0, HEAD_DIM)
+        offs_n = tl.arange(0, BLOCK_N)
+        # the head dim is contiguous in every input (the wrapper sees to it), so rows load in 16-byte pieces
+        q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + offs_d).to(tl.float32)
+        k_new = tl.load(K_NEW + off_b * stride_knb + off_h * stride_knh + offs_d)
+        v_new = tl.load(V_NEW + off_b * stride_vnb + off_h * stride_vnh + offs_d)
+        k_head = K + off_b * stride_kb + off_h * stride_kh  # this (batch, head)'s cache
+        v_head = V + off_b * stride_vb + off_h * stride_vh
+        k_ptrs = k_head + offs_n[:, None] * stride_kt + offs_d[None, :]
+        v_ptrs = v_head + offs_n[:, None] * stride_vt + offs_d[None, :]
+        hi = tl.minimum(lo + TILES_PER_SPLIT * BLOCK_N, last + 1)
+        if hi == last + 1:  # this split holds the query's slot: append the new key and value to the cache
+            tl.store(k_head + last * stride_kt + offs_d, k_new)
+            tl.store(v_head + last * stride_vt + offs_d, v_new)
+        m = tl.full([], float("-inf"), dtype=tl.float32)
+        l = tl.full([], 0.0, dtype=tl.float32)
+        acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+        for start_n in range(lo, hi, BLOCK_N):  # the online softmax of the forward kernel, one query row
+            cols = start_n + offs_n
+            # both loads first, so that their memory latencies overlap
+            stored = (cols < last)[:, None]  # slots filled by earlier steps
+            k = tl.load(k_ptrs + start_n * stride_kt, mask=stored, other=0.0)
+            v = tl.load(v_ptrs + start_n * stride_vt, mask=stored, other=0.0)
+            is_new = (cols == last)[:, None]
+            k = tl.where(is_new, k_new[None, :], k).to(tl.float32)
+            v = tl.where(is_new, v_new[None, :], v).to(tl.float32)
+            s = tl.sum(k * q[None, :], axis=1) * qk_scale  # this tile's scores, log2 units
+            s = tl.where(cols <= last, s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=0))  # finite: every tile visited holds a visible slot
+            p = tl.exp2(s - m_new)
+            alpha = tl.exp2(m - m_new)
+            l = l * alpha + tl.sum(p, axis=0)
+            acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+            m = m_new
+        part = off_bh * tl.num_programs(0) + split
+        tl.store(PART_ACC + part * HEAD_DIM + offs_d, acc)
+        tl.store(PART_M + part, m)
+        tl.store(PART_L + part, l)
+
+
+@triton.jit
+def _decode_merge(PART_ACC, PART_M, PART_L, POS, O, stride_ob, stride_oh, H, L, N_SPLITS, SPLIT_SLOTS,
+                  HEAD_DIM: tl.constexpr, MAX_SPLITS: tl.constexpr):
+    # Program bh: merge the partial softmaxes of the splits that hold visible slots into the output row.
+    off_bh = tl.program_id(0)
+    last = tl.minimum(tl.load(POS), L - 1)
+    splits = tl.arange(0, MAX_SPLITS)
+    used = (splits < N_SPLITS) & (splits * SPLIT_SLOTS <= last)  # split 0 always is: slot 0 is always visible
+    part = off_bh * N_SPLITS + splits
+    m = tl.load(PART_M + part, mask=used, other=float("-inf"))
+    l = tl.load(PART_L + part, mask=used, other=0.0)
+    offs_d = tl.arange(0, HEAD_DIM)
+    acc = tl.load(PART_ACC + part[:, None] * HEAD_DIM + offs_d[None, :], mask=used[:, None], other=0.0)
+    weight = tl.exp2(m - tl.max(m, axis=0))  # unused splits: exp2(-inf) = 0
+    out = tl.sum(weight[:, None] * acc, axis=0) / tl.sum(weight * l, axis=0)
+    off_b = (off_bh // H).to(tl.int64)
+    off_h = (off_bh % H).to(tl.int64)
+    tl.store(O + off_b * stride_ob + off_h * stride_oh + offs_d, out.to(O.dtype.element_ty))
+
+
+def decode_supported(q, k_cache):
+    """Whether flash_decode takes these shapes: one query row, a head dim that is a power of two in [16, 128]."""
+    D = q.shape[-1]
+    return (q.dim() == 4 and q.shape[2] == 1 and k_cache.dim() == 4 and q.dtype in SUPPORTED_DTYPES
+            and 16 <= D <= MAX_HEAD_DIM and D & (D - 1) == 0)
+
+
+def _decode(q, k, v, k_cache, v_cache, position, config=None):
+    """config (tuning only): (BLOCK_N, tiles per split or None for the fewest that keep <= _DECODE_MAX_SPLITS splits,
+    num_warps, num_stages)."""
+    B, H, _, D = q.shape
+    L = k_cache.shape[2]
+    block_n, tiles_per_split, num_warps, num_stages = config or (_DECODE_BLOCK_N, None, 4, 3)
+    tiles = triton.cdiv(L, block_n)
+    tiles_per_split = max(tiles_per_split or 1, triton.cdiv(tiles, _DECODE_MAX_SPLITS))
+    n_splits = triton.cdiv(tiles, tiles_per_split)
+    out = _new_output((B, 1, H, D), q).transpose(1, 2)  # stored (B, 1, H, D): the model's (B, 1, C) for free
+    if B * H == 0:
+        return out
+    part_acc = torch.empty((B * H, n_splits, D), dtype=torch.float32, device=q.device)
+    part_m = torch.empty((B * H, n_splits), dtype=torch.float32, device=q.device)
+    part_l = torch.empty((B * H, n_splits), dtype=torch.float32, device=q.device)
+    q, k, v = (x if x.stride(3) == 1 else x.contiguous() for x in (q, k, v))
+    if k_cache.stride(3) != 1 or v_cache.stride(3) != 1:  # stores must land in the caller's tensors: no copies
+        raise FlashAttentionError("flash_decode: the caches' head dim must be contiguous (stride 1)")
+    _decode_split[(n_splits, B * H)](q, k, v, k_cache, v_cache, position, part_acc, part_m, part_l,
+                                     D ** -0.5 * LOG2_E, *q.stride()[:2], *k.stride()[:2], *v.stride()[:2],
+                                     *k_cache.stride()[:3], *v_cache.stride()[:3], H, L, tiles_per_split,
+                                     HEAD_DIM=D, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
+    _decode_merge[(B * H,)](part_acc, part_m, part_l, position, out, out.stride(0), out.stride(1),
+                            H, L, n_splits, tiles_per_split * block_n,
+                            HEAD_DIM=D, MAX_SPLITS=_DECODE_MAX_SPLITS, num_warps=4)
+    return out
+
+
+# One op both stores the new key/value and attends. Were the store a separate torch op, torch.compile would hand this
+# op a functional copy of each updated cache, i.e. copy both caches in full for every layer and step: a batch-16
+# GPT-2 step took 1.17 ms that way instead of about 0.7 (H100, BENCHMARKS.md, fifth session). An op that declares
+# the caches mutated is given the caches themselves. The store happens inside the kernel, which also saves two
+# small copy kernels per layer.
+@torch.library.custom_op("gpt::flash_decode", mutates_args=("k_cache", "v_cache"))
+def _flash_decode_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                     v_cache: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    return _decode(q, k, v, k_cache, v_cache, position)
+
+
+@_flash_decode_op.register_fake
+def _(q, k, v, k_cache, v_cache, position):
+    B, H, _, D = q.shape
+    return q.new_empty((B, 1, H, D)).transpose(1, 2)
+
+
+def flash_decode(q, k, v, k_cache, v_cache, position):
+    """One decoding step's attention: store the new key and value k, v (B, H, 1, D) in slot `position` of the caches
+    k_cache, v_cache (B, H, L, D; any strides with the head dim contiguous, e.g. a prefix of a larger buffer), then
+    attend the query q (B, H, 1, D) over cache slots 0..position (clamped to L - 1); later slots are ignored whatever
+    they hold. position is a 1-element int64 tensor on q's device. Returns (B, H, 1, D), stored as (B, 1, H, D).
+    Inference only (no autograd); check decode_supported(q, k_cache) first."""
+    shapes_ok = (decode_supported(q, k_cache) and k.shape == v.shape == q.shape and k_cache.shape == v_cache.shape
+                 and k_cache.shape[:2] == q.shape[:2] and k_cache.shape[3] == q.shape[3]
+                 and k.dtype == v.dtype == k_cache.dtype == v_cache.dtype == q.dtype)
+    if not shapes_ok:
+        raise FlashAttentionError(f"flash_decode: needs q, k, v (B, H, 1, D) with D a power of two in [16, 128] and "
+                                  f"caches (B, H, L, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}, "
+                                  f"{tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
+    if torch.compiler.is_compiling():
+        return _flash_decode_op(q, k, v, k_cache, v_cache, position)  # opaque to the compiler, no graph break
+    return _decode(q, k, v, k_cache, v_cache, position)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tuning: `python flash_attention.py` times the candidate block configs below on one GPU. The comparison with
+# torch's SDPA backends is bench.py's (`python bench.py --mode=attention`).
+
+
+def attention_flops(B, H, T, D, causal=True):
+    """Forward FLOPs: QK^T and PV, 2 * T * T * D each per head; causal attention needs half. Backward: 2.5x."""
+    return 4 * B * H * T * T * D * (0.5 if causal else 1.0)
+
+
+def _relative_error(x, ref):
+    return ((x.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def _time_config(name, run, flops, reference):
+    """Time one candidate (its first call compiles it); a config that does not fit the chip is reported, not fatal."""
+    from triton.testing import do_bench
+    try:
+        t0 = time.perf_counter()
+        result = run()
+        torch.cuda.synchronize()
+        compile_s = time.perf_counter() - t0
+        ms = do_bench(run, warmup=25, rep=100, return_mode="median")
+        print(f"  {name}: {ms:.3f} ms {flops / ms * 1e-9:6.1f} TFLOP/s, rel err vs default "
+              f"{_relative_error(result, reference):.1e} (first call {compile_s:.1f} s)")
+    except Exception as e:  # out of shared memory or registers
+        print(f"  {name}: failed ({type(e).__name__}: {str(e).splitlines()[0][:60]})")
+
+
+def sweep(B, H, T, D, dtype=torch.bfloat16, causal=True):
+    torch.manual_seed(0)
+    q, k, v, dout = (torch.randn(B, H, T, D, device="cuda", dtype=dtype) for _ in range(4))
+    scale, flops = D ** -0.5, attention_flops(B, H, T, D, causal)
+    out, lse = _forward(q, k, v, causal, scale)
+    dq, _, _ = _backward(dout, q, k, v, out, lse, causal, scale)
+    print(f"shape B={B} H={H} T={T} D={D} {str(dtype)[6:]} causal={causal}; default config {_config(D, dtype, q.device)}")
+    for cfg in _SWEEP_FWD[D]:
+        _time_config(f"fwd {cfg}", lambda: _forward(q, k, v, causal, scale, {"fwd": cfg})[0], flops, out)
+    for cfg in _SWEEP_BWD[D]:
+        _time_config(f"bwd {cfg}", lambda: _backward(dout, q, k, v, out, lse, causal, scale, {"bwd": cfg})[0],
+                     2.5 * flops, dq)
+
+
+# Candidates for the sweep, by head dim: fwd (BLOCK_M, BLOCK_N, warps, stages, GROUP_HEADS); bwd (M1, N1, M2, N2,
+# warps, stages).
+# Pre-screened without a GPU by compiling for sm_90 and reading registers and spills (cuobjdump -res-usage); the
+# dev machine's newer Triton allocates registers differently from the GPU's, so that screen is only rough.
+_SWEEP_FWD = {
+    64: [(64, 64, 4, 3, 32), (64, 64, 4, 4, 32), (128, 64, 4, 3, 32), (128, 64, 8, 3, 32), (128, 128, 8, 3, 32),
+         (64, 32, 4, 3, 32), (64, 32, 4, 4, 32), (64, 64, 4, 2, 32), (64, 64, 4, 5, 32), (128, 128, 8, 2, 32),
+         (128, 32, 4, 3, 32), (64, 64, 4, 3, 1), (64, 64, 4, 3, 16)],
+    128: [(128, 64, 8, 4, 8), (128, 64, 8, 3, 8), (128, 128, 8, 3, 8), (64, 64, 4, 4, 8), (128, 32, 8, 4, 8),
+          (128, 64, 8, 5, 8), (64, 64, 4, 3, 8), (64, 32, 4, 4, 8), (128, 128, 8, 2, 8), (128, 64, 8, 4, 1),
+          (128, 64, 8, 4, 4)],
+}
+_SWEEP_BWD = {
+    64: [(16, 64, 64, 64, 4, 3), (16, 64, 64, 32, 4, 3), (32, 64, 64, 32, 4, 3), (16, 64, 64, 16, 4, 3),
+         (16, 64, 64, 32, 4, 4), (16, 64, 64, 32, 4, 2), (16, 128, 128, 32, 8, 3),
+         (32, 128, 128, 32, 4, 5), (32, 128, 128, 32, 4, 3), (32, 128, 128, 32, 8, 3), (32, 64, 64, 64, 4, 3),
+         (16, 64, 64, 64, 4, 4), (16, 128, 128, 64, 8, 3)],
+    128: [((64, 128, 8, 2), (128, 64, 8, 3)), (64, 128, 128, 64, 8, 2), (32, 128, 128, 32, 8, 2),
+          (16, 128, 128, 32, 8, 3), (32, 64, 64, 32, 4, 2), (64, 128, 128, 64, 8, 3)],
+}
+
+
+def main(argv):
+    if not torch.cuda.is_available():
+        raise SystemExit("error: tuning needs a CUDA GPU (the CPU interpreter is only for tests)")
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  triton {triton.__version__}")
+    for B, H, T, D in ((16, 12, 1024, 64), (4, 16, 4096, 128)):
+        sweep(B, H, T, D)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

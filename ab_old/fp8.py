@@ -1,0 +1,91 @@
+"""FP8 training matrix products: a Linear layer's three products per step in 8-bit floats.
+
+    from fp8 import fp8_linear
+    y = fp8_linear(x, weight, bias)  # = F.linear(x, weight, bias), computed in float8 (forward and backward)
+
+Hopper GPUs (H100, H200) multiply float8 matrices at twice their bf16 rate. model.py uses this for the blocks'
+Linear layers with `GPTConfig(fp8=True)` (train.py / bench.py `--fp8=True`). The recipe is the plain "tensorwise"
+one: each operand gets one scale per tensor, recomputed every step from its largest magnitude, so that the largest
+value lands on the format's largest finite number (dynamic scaling, no history to carry in a checkpoint).
+
+- forward:       y  = x @ W^T      x and W in e4m3 (3 mantissa bits, range +-448)
+- backward:      dx = dy @ W       dy in e5m2 (2 mantissa bits, range +-57344: gradients span more decades)
+                 dW = dy^T @ x     accumulated and returned in float32, for the float32 master weights
+
+Only the inputs are rounded to 8 bits; the tensor cores sum the products in float32, or close to it (Hopper's
+float8 units keep a few bits fewer: tests/test_fp8.py allows for it).
+
+Whether it pays depends on width: every step also reads each activation twice more (its amax, then its cast) and
+writes transposed 8-bit copies for the weight gradient. On one H100 that cancelled the faster products for GPT-2
+124M (768 wide: 0.99x) and not for a 2048-wide model (1.14x). The accuracy cost is measured too: BENCHMARKS.md
+compares fp8 and bf16 loss curves from the same seed. `torch._scaled_mm` also runs on the CPU, which is how the
+tests check this file without a GPU.
+"""
+
+import torch
+import torch.nn.functional as F
+
+E4M3 = torch.float8_e4m3fn
+E5M2 = torch.float8_e5m2
+
+
+def has_float8_tensor_cores(device):
+    """Whether `device` is a GPU that multiplies float8 matrices: compute capability 8.9 (Ada) or 9.0+ (Hopper)."""
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def to_float8(x, dtype):
+    """(x scaled and rounded to `dtype`, the inverse of the scale): x ~= x8.float() * inverse_scale."""
+    largest = torch.finfo(dtype).max
+    amax = x.detach().abs().amax().float()
+    scale = largest / torch.clamp(amax, min=1e-12)  # an all-zero tensor keeps a finite scale
+    x8 = (x.float() * scale).clamp(-largest, largest).to(dtype)
+    return x8, scale.reciprocal()
+
+
+def scaled_matmul(a8, a_inverse_scale, b8, b_inverse_scale, out_dtype):
+    """(a8 * a_inverse_scale) @ (b8 * b_inverse_scale) for float8 a8 (M, K) and b8 (K, N). The tensor-core kernel
+    reads a row by row and b column by column, hence the layouts asked for here (no copy when already so)."""
+    return torch._scaled_mm(a8.contiguous(), b8.t().contiguous().t(), scale_a=a_inverse_scale,
+                            scale_b=b_inverse_scale, out_dtype=out_dtype)
+
+
+class Float8Matmul(torch.autograd.Function):
+    """x (M, K) @ weight (N, K)^T -> (M, N) in out_dtype, with the float8 backward above."""
+
+    @staticmethod
+    def forward(ctx, x, weight, out_dtype):
+        x8, x_inverse_scale = to_float8(x, E4M3)
+        w8, w_inverse_scale = to_float8(weight, E4M3)
+        # the 8-bit copies are what backward needs: a quarter of the memory of float32 activations
+        ctx.save_for_backward(x8, x_inverse_scale, w8, w_inverse_scale)
+        ctx.input_dtypes = (x.dtype, weight.dtype)
+        return scaled_matmul(x8, x_inverse_scale, w8.t(), w_inverse_scale, out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x8, x_inverse_scale, w8, w_inverse_scale = ctx.saved_tensors
+        x_dtype, w_dtype = ctx.input_dtypes
+        g8, g_inverse_scale = to_float8(grad_out, E5M2)
+        grad_x = scaled_matmul(g8, g_inverse_scale, w8, w_inverse_scale, grad_out.dtype)
+        grad_w = scaled_matmul(g8.t(), g_inverse_scale, x8, x_inverse_scale, torch.float32)
+        return grad_x.to(x_dtype), grad_w.to(w_dtype), None
+
+
+def fp8_linear(x, weight, bias=None):
+    """F.linear(x, weight, bias) with float8 products. Under autocast the output has the autocast dtype, as
+    F.linear's would. The float8 kernel takes only dimensions that are multiples of 16: weight's must be, and the
+    rows of x (the reduction of the weight gradient) are padded with zeros to the next multiple."""
+    if weight.size(0) % 16 or weight.size(1) % 16:
+        raise ValueError(f"fp8 needs Linear sizes that are multiples of 16, got {tuple(weight.shape)}; "
+                         "pick n_embd a multiple of 16 or train with fp8=False")
+    device_type = x.device.type
+    out_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+    rows = x.reshape(-1, x.size(-1))
+    n_rows = rows.size(0)
+    if n_rows % 16:
+        rows = F.pad(rows, (0, 0, 0, -n_rows % 16))
+    y = Float8Matmul.apply(rows, weight, out_dtype)[:n_rows]
+    y = y.view(*x.shape[:-1], weight.size(0))
+    return y if bias is None else y + bias.to(out_dtype)

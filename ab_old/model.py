@@ -1,0 +1,667 @@
+"""The GPT: a GPT-2 style decoder-only transformer in one file.
+
+    from model import GPT, GPTConfig
+    model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65))
+    logits, loss = model(idx, targets)
+
+The architecture is GPT-2's (pre-norm blocks, learned positions, GELU(tanh) MLP, tied input and
+output embeddings), so Hugging Face GPT-2 weights load into it and ours export back
+(`GPT.from_hf_dir`, `export_hf`). Attention has three interchangeable paths, chosen by
+`config.attention`:
+
+- `reference`: the definition, written out (softmax(QK^T / sqrt(d) + causal mask) V);
+- `sdpa`:      torch's fused `scaled_dot_product_attention`;
+- `triton`:    our own flash-attention kernel (flash_attention.py), and its flash-decoding kernel for the
+               one-token steps of KV-cache generation;
+- `auto`:      `triton` on CUDA, `sdpa` elsewhere.
+"""
+
+import copy
+import functools
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from fp8 import fp8_linear
+
+ATTENTION_CHOICES = ("auto", "triton", "sdpa", "reference")
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50257  # the real vocabulary; the embedding table is padded past it
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2; False is a bit faster
+    attention: str = "auto"
+    # training loss without materializing the (tokens x vocab) fp32 logits: see FusedLinearCrossEntropy
+    fused_loss: bool = False
+    # training: the blocks' Linear layers multiply in float8 (fp8.py); for Hopper GPUs (H100, H200) or newer
+    fp8: bool = False
+
+    def __post_init__(self):
+        if self.attention not in ATTENTION_CHOICES:
+            raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {self.attention!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+    @property
+    def padded_vocab_size(self):
+        # a multiple of 64 keeps the output matmul on fast tensor-core tiles (50257 -> 50304)
+        return (self.vocab_size + 63) // 64 * 64
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# ----------------------------------------------------------------------------------------------
+# attention: three paths computing the same function
+
+def reference_attention(q, k, v, causal=True, dropout_p=0.0):
+    """softmax(q k^T / sqrt(d)) v with a causal mask, in plain torch ops (the readable definition)."""
+    scale = 1.0 / math.sqrt(q.size(-1))
+    scores = (q @ k.transpose(-2, -1)) * scale
+    if causal:
+        T_q, T_k = q.size(-2), k.size(-2)
+        # bottom-right aligned, so a query block at the end of a longer key sequence sees all keys before it
+        mask = torch.ones(T_q, T_k, dtype=torch.bool, device=q.device).tril(diagonal=T_k - T_q)
+        scores = scores.masked_fill(~mask, float("-inf"))
+    # softmax in at least float32: half-precision exponentials lose too much
+    weights = F.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1).to(q.dtype)
+    weights = F.dropout(weights, p=dropout_p, training=dropout_p > 0)
+    return weights @ v
+
+
+_warned_triton_dropout = False
+
+
+def resolve_attention(mode, device):
+    """The implementation `mode` means on `device`: 'auto' is our Triton kernel on CUDA and SDPA elsewhere."""
+    if mode == "auto":
+        return "triton" if torch.device(device).type == "cuda" else "sdpa"
+    return mode
+
+
+def attend(q, k, v, mode, dropout_p=0.0):
+    """Causal self-attention over (B, H, T, D) tensors with the chosen implementation."""
+    global _warned_triton_dropout
+    mode = resolve_attention(mode, q.device)
+    if mode == "triton" and dropout_p > 0:
+        # our kernel has no dropout; say so once instead of silently computing something else
+        if not _warned_triton_dropout:
+            warnings.warn("attention='triton' has no dropout; using sdpa for attention while dropout > 0")
+            _warned_triton_dropout = True
+        mode = "sdpa"
+    if mode == "triton":
+        if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("attention='triton' needs a CUDA GPU; use attention='sdpa' on the CPU (the tests run "
+                             "the kernel on the CPU by starting Python with TRITON_INTERPRET=1)")
+        from flash_attention import flash_attention  # imported lazily: CPU-only users never load triton
+        return flash_attention(q, k, v, causal=True)
+    if mode == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    return reference_attention(q, k, v, causal=True, dropout_p=dropout_p)
+
+
+# ----------------------------------------------------------------------------------------------
+# the transformer
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (torch's own cannot drop just the bias)."""
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class Linear(nn.Linear):
+    """nn.Linear, or with fp8=True its float8 version (fp8.py) while training; evaluation and generation keep the
+    ordinary products (any device, full accuracy). The weights and their names are the same either way."""
+
+    def __init__(self, in_features, out_features, bias, fp8=False):
+        super().__init__(in_features, out_features, bias=bias)
+        self.fp8 = fp8
+
+    def forward(self, x):
+        if self.fp8 and self.training:
+            return fp8_linear(x, self.weight, self.bias)
+        return super().forward(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.attention = config.attention
+        self.dropout = config.dropout
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, config.bias, config.fp8)
+        self.c_proj = Linear(config.n_embd, config.n_embd, config.bias, config.fp8)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, kv_cache=None, start_pos=0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_dim)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if kv_cache is None:
+            y = attend(q, k, v, self.attention, self.dropout if self.training else 0.0)
+        else:
+            y = kv_cache.attend(q, k, v, start_pos, self.attention)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, config.bias, config.fp8)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, config.bias, config.fp8)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        # GPT-2 uses the tanh approximation of GELU; matching it keeps HF weights exact
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, kv_cache=None, start_pos=0):
+        x = x + self.attn(self.ln_1(x), kv_cache, start_pos)
+        return x + self.mlp(self.ln_2(x))
+
+
+def cached_attention(q, k, v, start_pos):
+    """Attention of T new queries at positions start_pos.. over cached keys 0..L-1; each query sees the keys at or
+    before its own position (keys past it are the new ones to its right, or cache slots not yet filled).
+
+    Plain math rather than SDPA: decoding is a few queries against many keys, memory-bound either way, and SDPA's
+    cuDNN backend (its choice on an H100 with torch 2.11) builds a new plan for every new key length, which made
+    each decoding step about 50 ms for GPT-2 small (bench.py --mode=inference, 2026-11-25)."""
+    T, L = q.size(-2), k.size(-2)
+    query_pos = start_pos + torch.arange(T, device=q.device)
+    visible = torch.arange(L, device=q.device)[None, :] <= query_pos[:, None]
+    scores = (q @ k.transpose(-2, -1)) * (q.size(-1) ** -0.5)
+    scores = scores.masked_fill(~visible, float("-inf"))
+    return F.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+
+
+class KVCache:
+    """Keys and values of one layer for positions already seen, preallocated to `max_len`."""
+
+    def __init__(self, batch_size, n_head, max_len, head_dim, device, dtype):
+        shape = (batch_size, n_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+
+    def prefix(self, length):
+        """The first `length` slots as a KVCache of their own that shares this one's memory: writes land here."""
+        view = copy.copy(self)
+        view.k, view.v = self.k[:, :, :length], self.v[:, :, :length]
+        return view
+
+    def attend(self, q, k, v, start_pos, mode):
+        """Store the new keys and values k, v (B, H, T, D) at positions start_pos.. and return the attention of the
+        new queries q over everything cached so far. With mode 'triton' (or 'auto' on CUDA) a decoding step (T=1)
+        runs our flash-decoding kernel, which stores and attends in one op; otherwise plain math."""
+        if resolve_attention(mode, q.device) == "triton" and q.size(2) == 1:
+            from flash_attention import decode_supported, flash_decode
+            if decode_supported(q, self.k):
+                position = start_pos if torch.is_tensor(start_pos) else torch.full((1,), start_pos, device=q.device)
+                return flash_decode(q, k, v, self.k, self.v, position)
+        k, v = self.update(k, v, start_pos)
+        if isinstance(start_pos, int) and start_pos == 0:
+            return attend(q, k, v, mode)  # prefill: ordinary causal attention
+        return cached_attention(q, k, v, start_pos)
+
+    def update(self, k, v, start_pos):
+        """Store k, v at positions start_pos.. and return the keys and values to attend to. With an int start_pos
+        that is the filled prefix. With a tensor start_pos (a CUDA graph replays fixed shapes, so the position
+        must be data, not shape) it is all of this cache's slots (for CUDAGraphDecoder, a prefix of the buffer);
+        cached_attention masks the slots past each query."""
+        if torch.is_tensor(start_pos):
+            positions = start_pos + torch.arange(k.size(2), device=k.device)
+            self.k.index_copy_(2, positions, k)
+            self.v.index_copy_(2, positions, v)
+            return self.k, self.v
+        end = start_pos + k.size(2)
+        self.k[:, :, start_pos:end] = k
+        self.v[:, :, start_pos:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+def _decode_step(model, token, caches, position):
+    return model(token, kv_caches=caches, start_pos=position)[0]
+
+
+# torch.compile modes for the decoding step. The step is recorded into our own CUDA graphs, so modes that make
+# graphs themselves ('reduce-overhead', 'max-autotune') do not apply. 'max-autotune-no-cudagraphs' times Triton
+# matrix-product templates against cuBLAS for the one-row products, for 2-3x the compile time. With the plain-math
+# attention it was 6-14% faster per token on H100s (BENCHMARKS.md, fourth session); with flash_decode it is within
+# 4% of 'default' either way (fifth session), so 'default' is everyone's default.
+DECODE_COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+
+
+def check_decode_compile_mode(mode, name="compile_mode"):
+    if mode not in DECODE_COMPILE_MODES:
+        raise ValueError(f"{name} must be one of {', '.join(DECODE_COMPILE_MODES)}, got {mode!r}")
+
+
+@functools.cache
+def _compiled_decode_step(mode="default"):
+    # torch.compile fuses each layer's small operations (layer norms, GELU, residual adds, the attention over the
+    # cache) into a few kernels, and a replayed step costs about as much as the kernels in it. Compiled on first use,
+    # once per model and batch size with the cache length symbolic (CUDAGraphDecoder marks it), and once more for a
+    # bucket that spans the whole buffer; each graph records the compiled kernels like any others. Made on first
+    # call, not at import: torch.compile imports torch._dynamo, a second of start-up every user would pay.
+    return torch.compile(_decode_step, mode=mode)
+
+
+def cache_bucket(length, max_len, bucket=256):
+    """How many cache slots a decoding step attends over: `length` rounded up to a multiple of `bucket`, at most
+    max_len. A graph per bucket instead of one over all max_len slots: 500 tokens after a 16-token prompt read on
+    average about 390 slots of a 1024-slot cache instead of 1024, and record three graphs where powers of two would
+    record five (each recording is an extra eager step plus a capture, paid inside the generation)."""
+    return min(max_len, -(-length // bucket) * bucket)
+
+
+class CUDAGraphDecoder:
+    """One decoding step (one new token per row) recorded as a CUDA graph, then replayed for every token.
+
+    At batch 1 a GPT-2 small step is a few hundred tiny kernels; launching them one at a time from Python takes
+    longer than running them. A replay launches all of them at once. A graph replays fixed shapes, so the inputs live
+    in fixed buffers (`token`, `position`) that each step overwrites, and each graph attends over a fixed number of
+    cache slots (masking those past the position): one graph per `cache_bucket`, recorded when first needed.
+    """
+
+    def __init__(self, model, caches, token, compile=False, compile_mode="default"):
+        self.model, self.caches = model, caches
+        self.token = token.clone()
+        self.position = torch.zeros(1, dtype=torch.long, device=token.device)
+        self.step = _compiled_decode_step(compile_mode) if compile else _decode_step
+        self.compiled = compile
+        self.graphs = {}  # cache bucket -> (graph, its logits tensor)
+
+    def _record(self, length):
+        caches = [cache.prefix(length) for cache in self.caches]
+        device = self.token.device
+        # one eager run first, on a side stream as CUDA graph capture requires (it sets up cuBLAS workspaces, and
+        # compiles the step on first use); it writes the same cache slot, with the same values, as the replay
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        if self.compiled:
+            for cache in caches:  # one compiled step serves every bucket: the cache length is symbolic
+                torch._dynamo.mark_dynamic(cache.k, 2)
+                torch._dynamo.mark_dynamic(cache.v, 2)
+        with torch.cuda.stream(side):
+            self.step(self.model, self.token, caches, self.position)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = self.step(self.model, self.token, caches, self.position)
+        return graph, logits
+
+    def __call__(self, token, position):
+        self.token.copy_(token)
+        self.position.fill_(position)
+        length = cache_bucket(position + 1, self.caches[0].k.size(2))
+        if length not in self.graphs:
+            self.graphs[length] = self._record(length)
+        graph, logits = self.graphs[length]
+        graph.replay()
+        return logits
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied embeddings, as GPT-2
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: each residual branch adds to the stream, so shrink the projections
+        # into it by 1/sqrt(number of branches) to keep the stream's variance flat with depth
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=True):
+        """Parameter count; position embeddings are left out by default (the token embedding
+        counts, since it is also the output layer)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None, kv_caches=None, start_pos=0, last_logits_only=False):
+        """idx (B, T) token ids -> (logits (B, T, vocab_size), mean cross-entropy or None).
+
+        targets == -1 are ignored. With `kv_caches` (one KVCache per layer) the tokens are taken
+        to sit at positions start_pos.. and the caches are filled as a side effect. With
+        `last_logits_only` (generation: only the next token is wanted) logits are (B, 1, vocab_size),
+        for the last position: the output layer is the largest product in the model, and T - 1 of
+        its rows would be thrown away.
+        """
+        B, T = idx.size()
+        if not torch.is_tensor(start_pos) and start_pos + T > self.config.block_size:
+            raise ValueError(f"sequence of length {start_pos + T} exceeds block_size {self.config.block_size}")
+        pos = start_pos + torch.arange(T, dtype=torch.long, device=idx.device)  # start_pos: int or 1-element tensor
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if kv_caches is None else kv_caches[i], start_pos)
+        if last_logits_only:
+            if targets is not None:
+                raise ValueError("last_logits_only is for generation: it cannot be combined with targets")
+            x = x[:, -1:]
+        x = self.transformer.ln_f(x)
+        if targets is not None and self.config.fused_loss and torch.is_grad_enabled():
+            # training: the loss and its gradients chunk by chunk; no full logits exist (None is returned)
+            loss = FusedLinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),
+                                                 self.config.vocab_size)
+            return None, loss
+        # the padded rows of the vocabulary are never a valid answer: drop them from the logits
+        logits = self.lm_head(x)[..., : self.config.vocab_size]
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def crop_block_size(self, block_size):
+        """Shrink the context to block_size (e.g. fine-tune GPT-2's 1024 at 256): drop position rows."""
+        if block_size > self.config.block_size:
+            raise ValueError(f"cannot grow block_size from {self.config.block_size} to {block_size}")
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+
+    def set_dropout(self, p):
+        """Change the dropout probability everywhere (a fine-tuning run often wants more than pretraining)."""
+        self.config.dropout = p
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+            elif isinstance(module, CausalSelfAttention):
+                module.dropout = p
+
+    def set_fp8(self, enabled):
+        """Turn the blocks' float8 training products (fp8.py) on or off."""
+        self.config.fp8 = enabled
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.fp8 = enabled
+
+    # ------------------------------------------------------------------------------------------
+    # generation
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 eot_token=None, use_cache=True, generator=None, cuda_graph=True, compile=False,
+                 compile_mode="default"):
+        """Yield (B, 1) tensors of new tokens, one per step, so callers can stream them.
+
+        temperature 0 is greedy decoding. Generation stops early once every row has produced
+        `eot_token`. With `use_cache` each step runs the model on one new position only (on a GPU
+        as a replayed CUDA graph, unless cuda_graph=False, and with compile=True a graph of the
+        step torch.compiled in `compile_mode`, one of DECODE_COMPILE_MODES); past `block_size`
+        tokens it falls back to recomputing the last block_size positions, which is exactly what
+        the uncached path does.
+        """
+        check_decode_compile_mode(compile_mode)
+        B = idx.size(0)
+        block_size = self.config.block_size
+        finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        caches, cached_len, decoder = None, 0, None
+        for _ in range(max_new_tokens):
+            if use_cache and idx.size(1) <= block_size:
+                if caches is None:
+                    head_dim = self.config.n_embd // self.config.n_head
+                    dtype = self.transformer.wte.weight.dtype
+                    caches = [KVCache(B, self.config.n_head, block_size, head_dim, idx.device, dtype)
+                              for _ in range(self.config.n_layer)]
+                if cached_len > 0 and idx.is_cuda and cuda_graph:
+                    if decoder is None:
+                        decoder = CUDAGraphDecoder(self, caches, idx[:, -1:], compile, compile_mode)
+                    logits = decoder(idx[:, -1:], cached_len)
+                else:
+                    logits, _ = self(idx[:, cached_len:], kv_caches=caches, start_pos=cached_len,
+                                     last_logits_only=True)
+                cached_len = idx.size(1)
+            else:
+                logits, _ = self(idx[:, -block_size:], last_logits_only=True)
+            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+            if eot_token is not None:
+                next_token = torch.where(finished[:, None], torch.full_like(next_token, eot_token), next_token)
+                finished |= next_token[:, 0] == eot_token
+            idx = torch.cat((idx, next_token), dim=1)
+            yield next_token
+            if eot_token is not None and bool(finished.all()):
+                return
+
+    # ------------------------------------------------------------------------------------------
+    # Hugging Face GPT-2 layout: config.json + model.safetensors (or pytorch_model.bin)
+
+    # HF's GPT-2 stores these as Conv1D weights, (in, out): the transpose of nn.Linear's (out, in)
+    _HF_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+    @classmethod
+    def from_hf_dir(cls, path, attention="auto"):
+        """Load a Hugging Face GPT-2 directory (no network, no transformers import needed)."""
+        config_path = os.path.join(path, "config.json")
+        if not os.path.isfile(config_path):
+            raise FileNotFoundError(f"{path} is not a Hugging Face GPT-2 directory: no config.json")
+        with open(config_path) as f:
+            hf = json.load(f)
+        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"unsupported activation_function {hf['activation_function']!r} in {config_path}")
+        config = GPTConfig(block_size=hf.get("n_positions", hf.get("n_ctx", 1024)), vocab_size=hf["vocab_size"],
+                           n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"], bias=True,
+                           dropout=0.0, attention=attention)
+        hf_state = _read_hf_weights(path)
+        model = cls(config)
+        state = model.state_dict()
+        for name, tensor in hf_state.items():
+            name = name.removeprefix("transformer.")
+            if name.endswith((".attn.bias", ".attn.masked_bias")) or name == "lm_head.weight":
+                continue  # causal-mask buffers, and the tied output layer
+            ours = "transformer." + name
+            if ours not in state:
+                raise KeyError(f"unexpected weight {name!r} in {path}")
+            if name.endswith(cls._HF_TRANSPOSED):
+                tensor = tensor.t()
+            target = state[ours]
+            if ours == "transformer.wte.weight":
+                target[: tensor.size(0)].copy_(tensor)  # the padding rows keep their init
+            else:
+                target.copy_(tensor)
+        return model
+
+    def export_hf(self, path):
+        """Write this model as a Hugging Face GPT-2 directory (config.json + model.safetensors)."""
+        from safetensors.torch import save_file
+        c = self.config
+        os.makedirs(path, exist_ok=True)
+        hf_config = {
+            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
+            "n_positions": c.block_size, "n_ctx": c.block_size, "n_embd": c.n_embd, "n_head": c.n_head,
+            "n_layer": c.n_layer, "vocab_size": c.vocab_size, "layer_norm_epsilon": 1e-5,
+            "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": True,
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "n_inner": None,
+        }
+        tensors = {}
+        for name, tensor in self.state_dict().items():
+            if name == "lm_head.weight":
+                continue
+            hf_name = name.removeprefix("transformer.")
+            if hf_name == "wte.weight":
+                tensor = tensor[: c.vocab_size]
+            elif hf_name.endswith(self._HF_TRANSPOSED):
+                tensor = tensor.t()
+            tensors[hf_name] = tensor.detach().float().contiguous().clone().cpu()
+        if not c.bias:
+            # HF GPT-2 always has biases: zeros compute the same function
+            for name in list(tensors):
+                if name.endswith("weight") and (name.startswith("h.") or name.startswith("ln_f")):
+                    bias_name = name[: -len("weight")] + "bias"
+                    if bias_name not in tensors:
+                        out_dim = tensors[name].size(-1) if name.endswith(self._HF_TRANSPOSED) else tensors[name].size(0)
+                        tensors[bias_name] = torch.zeros(out_dim)
+        save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(hf_config, f, indent=2)
+
+    # ------------------------------------------------------------------------------------------
+    # speed accounting
+
+    def flops_per_token(self, seq_len=None):
+        """Training FLOPs per token (forward + backward), as in the PaLM paper appendix B:
+        6 per parameter plus the attention score/value products, 12 * layers * width * seq_len."""
+        c = self.config
+        seq_len = seq_len or c.block_size
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * seq_len
+
+
+FUSED_LOSS_CHUNK_ROWS = 4096  # rows of logits alive at once: 4096 x 50304 in bf16 is 0.4 GB
+
+
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    """mean cross-entropy of (x @ weight^T)[:, :vocab_size] against targets (-1 = ignore), in chunks of rows.
+
+    The output layer's logits are the largest tensor in a GPT-2 step (tokens x 50304). Here each chunk's logits
+    are made, turned into its share of the loss *and of the gradients* (d loss / d logits = softmax - one_hot), and
+    dropped at once; backward only scales the stored gradients. Same FLOPs as the plain path, a fraction of the
+    memory. The matrix products use the whole padded weight (a multiple of 64 rows: fast tensor-core tiles); the
+    padding columns are masked out of the softmax instead of sliced off, which would cost a copy.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, vocab_size):
+        dtype = torch.get_autocast_dtype("cuda" if x.is_cuda else "cpu") if torch.is_autocast_enabled() else x.dtype
+        x_c, w_c = x.to(dtype), weight.to(dtype)
+        valid = targets != -1
+        count = valid.sum().clamp(min=1)
+        columns = torch.arange(weight.size(0), device=x.device)
+        grad_x = torch.empty_like(x)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        for start in range(0, x.size(0), FUSED_LOSS_CHUNK_ROWS):
+            rows = slice(start, start + FUSED_LOSS_CHUNK_ROWS)
+            logits = (x_c[rows] @ w_c.t()).float().masked_fill(columns >= vocab_size, float("-inf"))
+            target, keep = targets[rows].clamp(min=0), valid[rows]
+            log_z = torch.logsumexp(logits, dim=-1)
+            total += ((log_z - logits.gather(1, target[:, None])[:, 0]) * keep).sum()
+            probs = torch.exp(logits - log_z[:, None])  # softmax; 0 in the padding columns
+            grad_logits = torch.where(columns == target[:, None], probs - 1, probs)
+            grad_logits = (grad_logits * (keep[:, None] / count)).to(dtype)
+            grad_x[rows] = grad_logits @ w_c
+            grad_w += grad_logits.t().float() @ x_c[rows].float() if dtype == torch.float32 else \
+                (grad_logits.t() @ x_c[rows]).float()
+        ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_loss, grad_w * grad_loss, None, None
+
+
+def _read_hf_weights(path):
+    safetensors_path = os.path.join(path, "model.safetensors")
+    if os.path.isfile(safetensors_path):
+        from safetensors.torch import load_file
+        return load_file(safetensors_path)
+    bin_path = os.path.join(path, "pytorch_model.bin")
+    if os.path.isfile(bin_path):
+        return torch.load(bin_path, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
+
+
+def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick one token per row from (B, vocab) logits: greedy at temperature 0, else sample
+    from the softmax after top-k and nucleus (top-p) filtering."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        # drop a token once the ones before it already cover top_p (the first token always stays)
+        drop_sorted = cumulative - F.softmax(sorted_logits, dim=-1) >= top_p
+        drop = drop_sorted.scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+# ----------------------------------------------------------------------------------------------
+# model FLOPs utilization: achieved FLOP/s over the peak of the GPU in use
+
+# dense bf16/fp16 tensor-core peak FLOP/s from the vendors' datasheets (no sparsity)
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,  # SXM; checked after the PCIe/NVL names above
+    "GH200": 989e12,
+    "A100": 312e12,
+    "A10G": 125e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+    "V100": 125e12,
+}
+
+
+def peak_flops(device):
+    """Peak dense bf16 FLOP/s of the GPU `device` is on, or None when unknown (e.g. a CPU)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key in sorted(PEAK_FLOPS, key=len, reverse=True):  # longest name first: "H100 PCIe" before "H100"
+        if key in name:
+            return PEAK_FLOPS[key]
+    return None
+
+
+def mfu(flops_per_second, device):
+    """Model FLOPs utilization as a fraction, or None on an unknown device."""
+    peak = peak_flops(device)
+    return None if peak is None else flops_per_second / peak

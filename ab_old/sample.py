@@ -1,0 +1,109 @@
+"""Generate text from a trained model, streaming tokens to the terminal as they come.
+
+    python sample.py --model=out-shakespeare-char
+    python sample.py --model=out --start="To be, or not" --num_samples=3 --max_new_tokens=200
+    python sample.py --model=path/to/hf-gpt2 --start=FILE:prompt.txt --temperature=0   # greedy
+--model takes one of our checkpoints (a .pt file, or an out_dir with best.pt / last.pt) or a
+Hugging Face GPT-2 folder (config.json + model.safetensors or pytorch_model.bin).
+"""
+
+import sys
+
+import torch
+
+from configurator import config_from_globals
+
+# -----------------------------------------------------------------------------
+model = "out"  # checkpoint file, out_dir, or Hugging Face GPT-2 folder
+start = "\n"  # the prompt; FILE:path reads it from a file
+num_samples = 3
+max_new_tokens = 500
+temperature = 0.8  # 0 = greedy; below 1 is more conservative, above 1 more random
+top_k = 200  # keep only the k most likely tokens (0 = off)
+top_p = 1.0  # nucleus sampling: keep the smallest set of tokens holding this probability (1.0 = off)
+seed = 1337
+device = "auto"
+dtype = "auto"  # 'auto' (bfloat16 on CUDA where supported, else float32), 'float32', 'bfloat16', 'float16'
+attention = "auto"
+use_cache = True  # KV cache: each new token costs one position's work (on a GPU, one replayed CUDA graph)
+compile = False  # GPU: torch.compile the one-token step (a slower start, faster tokens: BENCHMARKS.md, inference)
+compile_mode = "default"  # with compile: one of model.DECODE_COMPILE_MODES (what each costs and gains is noted there)
+DEFAULTS = config_from_globals(globals())
+# -----------------------------------------------------------------------------
+
+
+def read_prompt(start):
+    if start.startswith("FILE:"):
+        path = start[len("FILE:"):]
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except OSError as e:
+            raise SystemExit(f"error: cannot read prompt file {path!r}: {e.strerror}") from None
+    return start
+
+
+def generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, device,
+                  use_cache=True, generator=None, on_text=None, compile=False, compile_mode="default"):
+    """Generate one sample for `prompt`; returns the new text. `on_text(piece)` is called as text
+    arrives (decoding the whole tail each time, so multi-byte characters split over tokens print right)."""
+    prompt_ids = tokenizer.encode(prompt)
+    if not prompt_ids:
+        if tokenizer.eot_token is None:
+            raise SystemExit("error: the prompt is empty and the tokenizer has no end-of-text token to start from; "
+                             "pass --start=SOMETEXT")
+        prompt_ids = [tokenizer.eot_token]  # GPT-2 convention: an empty prompt starts a new document
+    block_size = model.config.block_size
+    idx = torch.tensor([prompt_ids[-block_size:]], dtype=torch.long, device=device)
+    new_ids, printed = [], ""
+    for token in model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k or None,
+                                top_p=top_p if top_p < 1 else None, eot_token=tokenizer.eot_token,
+                                use_cache=use_cache, generator=generator, compile=compile,
+                                compile_mode=compile_mode):
+        token = int(token[0, 0])
+        if token == tokenizer.eot_token:
+            break
+        new_ids.append(token)
+        text = tokenizer.decode(new_ids)
+        if on_text is not None and not text.endswith("\ufffd"):  # wait for the rest of a split character
+            on_text(text[len(printed):])
+            printed = text
+    text = tokenizer.decode(new_ids)
+    if on_text is not None and len(text) > len(printed):
+        on_text(text[len(printed):])
+    return text
+
+
+def main(config):
+    from checkpoint import load_model
+    from model import check_decode_compile_mode
+    from train import resolve_device_and_dtype
+
+    check_decode_compile_mode(config["compile_mode"])  # before anything is loaded or printed
+    device, dtype = resolve_device_and_dtype(config["device"], config["dtype"])
+    torch.manual_seed(config["seed"])
+    try:
+        model, tokenizer, _ = load_model(config["model"], device, attention=config["attention"])
+    except (FileNotFoundError, KeyError) as e:
+        raise SystemExit(f"error: {e}") from None
+    if dtype != "float32":
+        model.to(getattr(torch, dtype))
+    prompt = read_prompt(config["start"])
+    tokenizer.encode(prompt)  # a prompt the vocabulary cannot spell fails here, before anything is printed
+    generator = torch.Generator(device=device).manual_seed(config["seed"])
+    for i in range(config["num_samples"]):
+        sys.stdout.write(prompt)
+        generate_text(model, tokenizer, prompt, config["max_new_tokens"], config["temperature"], config["top_k"],
+                      config["top_p"], device, config["use_cache"], generator, compile=config["compile"],
+                      compile_mode=config["compile_mode"],
+                      on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        sys.stdout.write("\n---------------\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    from configurator import load_config
+    try:
+        main(load_config(DEFAULTS, sys.argv[1:]))
+    except ValueError as e:  # e.g. a prompt character the model's vocabulary does not have
+        raise SystemExit(f"error: {e}") from None

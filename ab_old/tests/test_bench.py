@@ -1,0 +1,219 @@
+"""bench.py on CPU: every mode runs on a tiny model and reports what it promises (no timing assertions), and the
+sizing arithmetic against hand-computed values."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import bench
+from configurator import load_config
+from conftest import run_script
+from model import GPT, GPTConfig
+
+# a tiny model, compile off, few steps: the point is that every code path runs
+TINY_FLAGS = ["--device=cpu", "--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=32", "--vocab_size=97",
+              "--compile=False", "--warmup_steps=1", "--timed_steps=2", "--new_tokens=12", "--prompt_length=4",
+              "--prefill_length=16", "--inference_batch_sizes=1,2"]
+
+
+def run_bench(*flags):
+    # on the CPU our Triton kernels need the interpreter, even on a machine that also has a GPU
+    return run_script(["bench.py", *TINY_FLAGS, *flags], env={"TRITON_INTERPRET": "1"})
+
+
+# -----------------------------------------------------------------------------
+# sizing arithmetic
+
+def test_count_params_matches_the_model_and_nanogpt():
+    for n_layer, n_embd, vocab_size, bias in ((2, 32, 97, True), (3, 48, 200, False), (1, 64, 64, True)):
+        config = GPTConfig(n_layer=n_layer, n_head=2, n_embd=n_embd, vocab_size=vocab_size, block_size=16, bias=bias)
+        model = GPT(config)
+        assert bench.count_params(n_layer, n_embd, vocab_size, bias) == model.num_params()
+    # nanoGPT prints "number of parameters: 123.69M" for GPT-2 124M with biases and the vocabulary padded to 50304:
+    # 12 * (12 * 768^2 + 2 * 768 + 11 * 768) + 2 * 768 + 50304 * 768
+    assert bench.count_params(12, 768, 50304, bias=True) == 123_689_472
+    assert bench.count_params(12, 768, 50257, bias=False) == 12 * (12 * 768**2 + 2 * 768) + 768 + 50304 * 768
+
+
+def test_training_flops_and_time():
+    assert bench.training_flops(124e6, 1e9) == 6 * 124e6 * 1e9
+    assert bench.training_flops(1000, 50, n_layer=2, n_embd=8, seq_len=16) == (6 * 1000 + 12 * 2 * 8 * 16) * 50
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=97, block_size=64))
+    assert bench.training_flops(model.num_params(), 1, 2, 32, 64) == model.flops_per_token(64)
+    # one hour of 8 GPUs at 989 TFLOP/s and 40% MFU
+    flops = 8 * 989e12 * 0.4 * 3600
+    assert bench.training_seconds(flops, 8, 989e12, 0.4) == pytest.approx(3600)
+    assert bench.budget_flops(8, 7, 989e12, 0.4) == pytest.approx(8 * 7 * 86400 * 989e12 * 0.4)
+    assert bench.tokens_in_budget(1e6, 8, 7) == pytest.approx(1e6 * 8 * 7 * 86400)
+
+
+def test_chinchilla_optimal_spends_the_budget_at_20_tokens_per_param():
+    params, tokens = bench.chinchilla_optimal(6 * 124e6 * 2.48e9)  # 124M params x 20 tokens each
+    assert params == pytest.approx(124e6) and tokens == pytest.approx(2.48e9)
+    assert 6 * params * tokens == pytest.approx(6 * 124e6 * 2.48e9)
+
+
+def test_sizing_mode_from_flags(tmp_path):
+    out = tmp_path / "sizing.json"
+    result = run_bench("--mode=sizing", "--params=124e6", "--tokens=2.48e9", "--gpus=8", "--mfu=0.4",
+                       "--gpu_peak_flops=989e12", "--tokens_per_sec=500000", f"--json={out}")
+    sizing = json.loads(out.read_text())["sizing"]
+    assert sizing["flops"] == 6 * 124e6 * 2.48e9  # no shape given: exactly 6 N D
+    assert sizing["seconds"] == pytest.approx(6 * 124e6 * 2.48e9 / (8 * 989e12 * 0.4))
+    assert sizing["gpu_hours"] == pytest.approx(sizing["seconds"] * 8 / 3600)
+    assert sizing["mfu_source"] == "--mfu" and sizing["peak_source"] == "--gpu_peak_flops"
+    assert sizing["budget_tokens_at_rate"] == pytest.approx(500000 * 8 * 7 * 86400)
+    assert sizing["chinchilla_params"] == pytest.approx(math.sqrt(sizing["budget_flops"] / 120))
+    assert "GPU-hours" in result.stdout and "compute-optimal" in result.stdout
+
+
+# -----------------------------------------------------------------------------
+# small helpers and the logic around out-of-memory
+
+def test_spread_and_int_lists():
+    assert bench.spread([5.0, 1.0, 4.0, 2.0, 3.0]) == {"median": 3.0, "p25": 2.0, "p75": 4.0, "min": 1.0, "max": 5.0}
+    assert bench.spread([7.0]) == {"median": 7.0, "p25": 7.0, "p75": 7.0, "min": 7.0, "max": 7.0}
+    assert bench.as_int_tuple(8, "batch_sizes") == (8,)
+    assert bench.as_int_tuple((8, 16), "batch_sizes") == (8, 16)
+    for bad in ("8,16", (8, "x"), (0,), (), True):
+        with pytest.raises(SystemExit, match="batch_sizes"):
+            bench.as_int_tuple(bad, "batch_sizes")
+
+
+def test_out_of_memory_is_recognized():
+    assert bench.is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 6.00 GiB"))
+    try:  # torch.compile re-raises errors from inside compiled code wrapped in its own exceptions
+        try:
+            raise torch.cuda.OutOfMemoryError("boom")
+        except Exception as inner:
+            raise RuntimeError("backend compiler failed") from inner
+    except RuntimeError as wrapped:
+        assert bench.is_out_of_memory(wrapped)
+    assert bench.is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
+    assert not bench.is_out_of_memory(ValueError("shape mismatch"))
+
+
+def test_run_guarded_statuses():
+    def fails_with(error):
+        def measure():
+            raise error
+        return measure
+    assert bench.run_guarded(lambda: {"x": 1}) == {"x": 1, "status": "ok"}
+    assert bench.run_guarded(fails_with(torch.cuda.OutOfMemoryError("out of memory")))["status"] == "oom"
+    failed = bench.run_guarded(fails_with(ValueError("broken kernel")))
+    assert failed["status"] == "error" and "broken kernel" in failed["error"]
+
+
+def test_sweep_stops_at_the_first_out_of_memory(monkeypatch):
+    calls = []
+
+    def fake_measure(settings, device, dtype):
+        calls.append(settings["batch_size"])
+        if settings["batch_size"] >= 32:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return {"tokens_per_sec": {8: 100.0, 16: 120.0}[settings["batch_size"]]}
+
+    monkeypatch.setattr(bench, "measure_training", fake_measure)
+    monkeypatch.setattr(bench, "format_trial", lambda trial: str(trial))
+    sweep = bench.sweep_batch_sizes("baseline", {}, (64, 8, 32, 16), "cpu", "float32")
+    assert calls == [8, 16, 32]  # smallest first; 64 never tried once 32 ran out of memory
+    assert sweep["best"]["batch_size"] == 16 and sweep["largest_batch_that_fits"] == 16
+    assert not sweep["largest_batch_is_lower_bound"]
+    assert [t["status"] for t in sweep["trials"]] == ["ok", "ok", "oom"]
+
+
+# -----------------------------------------------------------------------------
+# the script, end to end
+
+def test_all_modes_with_compare_and_ablation(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_bench("--mode=all", "--compare=True", "--ablate=True", "--batch_sizes=2,4",
+                       "--attention_triton_on_cpu=True", "--attention_shapes=((1,2,32,16),)", f"--json={out}")
+    results = json.loads(out.read_text())
+    assert {"info", "train", "attention", "inference", "sizing"} <= set(results)
+    assert results["info"]["device"].startswith("CPU") and results["info"]["command"].startswith("python bench.py")
+
+    train = results["train"]
+    for variant in ("baseline", "fast"):
+        assert [t["batch_size"] for t in train[variant]["trials"]] == [2, 4]
+        assert all(t["status"] == "ok" for t in train[variant]["trials"]), train[variant]["trials"]
+        best = train[variant]["best"]
+        for key in ("ms_per_step", "tokens_per_sec", "mfu", "peak_memory_gib", "first_loss", "tokens_per_step"):
+            assert key in best
+        assert set(best["ms_per_step"]) == {"median", "p25", "p75", "min", "max"}
+        assert train[variant]["largest_batch_that_fits"] == 4 and train[variant]["largest_batch_is_lower_bound"]
+    assert train["baseline"]["best"]["attention"] == "sdpa" and not train["baseline"]["best"]["fused_loss"]
+    assert train["fast"]["best"]["attention"] == "triton"
+    assert train["fast"]["best"]["fused_loss"]
+    # before any optimizer step, both variants compute the same loss on the same batch from the same weights
+    for base, fast in zip(train["baseline"]["trials"], train["fast"]["trials"]):
+        assert abs(base["first_loss"] - fast["first_loss"]) < 1e-4
+        assert abs(base["first_loss"] - math.log(97)) < 0.2
+    assert train["speedup"] == pytest.approx(train["fast"]["best"]["tokens_per_sec"]
+                                             / train["baseline"]["best"]["tokens_per_sec"])
+    levers = {t["variant"]: t for t in train["ablation"]["levers"]}
+    assert "attention=triton" in levers and all(t["status"] == "ok" for t in levers.values())
+    assert "fused_loss" in levers
+
+    kernels = {row["kernel"]: row for row in results["attention"]["rows"]}
+    assert set(kernels) == {"reference", "sdpa", "ours (triton interpreter)"}
+    for row in kernels.values():
+        assert row["status"] == "ok" and row["fwd_ms"] > 0 and row["fwd_bwd_tflops"] > 0
+        assert row["rel_err_vs_first"] < 1e-4  # float32: every kernel computes the same attention
+        assert row["fwd_bwd_graph_ms"] is None  # CUDA-graph timing is for GPUs only
+
+    inference = results["inference"]
+    implementations = {(r["batch_size"], r["implementation"]) for r in inference["rows"]}
+    assert implementations == {(b, i) for b in (1, 2) for i in ("ours (KV cache)", "ours (no cache)", "transformers",
+                                                                 "transformers (eager)")}
+    for ratio in inference["ratios"]:
+        assert ratio["cache_vs_no_cache"] > 0 and ratio["vs_transformers"] > 0
+        # greedy decoding of identical float32 weights: the cache and transformers give the same tokens
+        assert ratio["cache_vs_no_cache_same_tokens"] == 12 and ratio["vs_transformers_same_tokens"] == 12
+        assert ratio["vs_transformers_eager_same_tokens"] == 12
+
+    assert results["sizing"]["mfu_source"] == "assumed"  # a CPU has no MFU
+    assert results["sizing"]["tokens_per_sec_source"] == "measured"
+
+    for heading in ("train (median of timed steps)", "attention (causal", "inference (float32", "sizing"):
+        assert heading in result.stdout
+    assert result.stdout.strip().splitlines()[-1].startswith("fast / baseline tokens/s:")
+
+
+def test_real_data_measures_the_loader(char_data_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_bench(f"--data_dir={char_data_dir}", "--batch_size=4", "--gradient_accumulation_steps=2",
+                       f"--json={out}")
+    run = json.loads(out.read_text())["train"]["run"]
+    trial = run["best"]
+    assert trial["status"] == "ok" and trial["data"] == "real" and trial["tokens_per_step"] == 4 * 32 * 2
+    for key in ("host_data_ms_per_step", "synthetic_ms_per_step", "loader_stall_ms_per_step"):
+        assert key in trial
+    with open(f"{char_data_dir}/meta.json") as f:
+        vocab_size = json.load(f)["vocab_size"]
+    assert abs(trial["first_loss"] - math.log(vocab_size)) < 0.3  # the model was sized to the data's vocabulary
+    assert "loader:" in result.stdout
+
+
+def test_bad_flag_fails_in_one_line():
+    result = run_script(["bench.py", *TINY_FLAGS, "--mode=bogus"], check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error: mode must be one of"), result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--batch_sizes=fast", "batch_sizes must be positive integers"),
+    ("--fast_attention=flash", "fast_attention must be one of"),
+    ("--ablate_compile_modes=turbo", "compile mode 'turbo'"),
+    ("--decode_compile_mode=reduce-overhead", "decode_compile_mode must be one of"),
+    ("--new_tokens=100", "must fit in block_size"),
+    ("--data_dir=/nonexistent", "no meta.json"),
+])
+def test_bad_flags_are_refused_before_any_work(flag, message):
+    config = load_config(bench.DEFAULTS, [*TINY_FLAGS, "--mode=all", flag])
+    with pytest.raises(SystemExit, match=message):
+        bench.check_config(config)
+        bench.as_int_tuple(config["batch_sizes"], "batch_sizes") if config["batch_sizes"] is not None else None
+        bench.use_data_vocabulary(config)

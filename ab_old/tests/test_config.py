@@ -1,0 +1,56 @@
+"""configurator.py: config files and --key=value flags override defaults; mistakes fail with one clear line."""
+
+import subprocess
+import sys
+
+import pytest
+
+from configurator import ConfigError, load_config
+
+DEFAULTS = {"batch_size": 12, "learning_rate": 6e-4, "compile": True, "out_dir": "out", "init_from": "scratch"}
+
+
+def test_flags_and_files_override_in_order(tmp_path):
+    config_file = tmp_path / "small.py"
+    config_file.write_text("batch_size = 64\nout_dir = 'out-small'\nimport math\n_private = 3\n")
+    config = load_config(DEFAULTS, [str(config_file), "--batch_size=8", "--learning_rate=1", "--compile=False"])
+    assert config == {"batch_size": 8, "learning_rate": 1.0, "compile": False, "out_dir": "out-small",
+                      "init_from": "scratch"}
+    assert DEFAULTS["batch_size"] == 12  # the defaults themselves are untouched
+
+
+def test_bare_words_are_strings():
+    assert load_config(DEFAULTS, ["--out_dir=runs/a-b", "--init_from=resume"])["out_dir"] == "runs/a-b"
+
+
+def test_unknown_key_names_the_closest():
+    with pytest.raises(ConfigError, match="unknown config key 'batchsize'.*batch_size"):
+        load_config(DEFAULTS, ["--batchsize=3"])
+
+
+def test_unknown_key_in_a_config_file(tmp_path):
+    config_file = tmp_path / "bad.py"
+    config_file.write_text("learning_rat = 1e-3\n")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        load_config(DEFAULTS, [str(config_file)])
+
+
+@pytest.mark.parametrize("flag", ["--batch_size=1.5", "--compile=yes", "--learning_rate=fast", "--batch_size=True"])
+def test_wrong_type_is_refused(flag):
+    with pytest.raises(ConfigError, match="must be"):
+        load_config(DEFAULTS, [flag])
+
+
+def test_missing_file_and_missing_value():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(DEFAULTS, ["config/nope.py"])
+    with pytest.raises(ConfigError, match="has no value"):
+        load_config(DEFAULTS, ["--compile"])
+
+
+def test_script_exits_with_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "train.py", "--n_layers=2"], capture_output=True, text=True)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: flag --n_layers=2: unknown config key 'n_layers'; did you mean n_layer")

@@ -1,0 +1,103 @@
+"""fp8.py against float64 math: the products must equal those of the rounded operands, and stay near the exact ones."""
+
+import pytest
+import torch
+
+from fp8 import E4M3, E5M2, fp8_linear, has_float8_tensor_cores, to_float8
+from model import GPT, GPTConfig
+
+
+def quantized(x, dtype):
+    """x rounded the way fp8.py rounds it, back in float64 (a second code path: dequantize, then plain math)."""
+    x8, inverse_scale = to_float8(x, dtype)
+    return x8.double() * inverse_scale.double()
+
+
+@pytest.mark.parametrize("dtype", [E4M3, E5M2])
+def test_to_float8_scales_the_largest_value_to_the_format_maximum(dtype):
+    x = torch.randn(64, 48) * 3.7
+    x8, inverse_scale = to_float8(x, dtype)
+    assert x8.dtype == dtype
+    assert x8.float().abs().max() == torch.finfo(dtype).max
+    mantissa_bits = 3 if dtype == E4M3 else 2
+    # away from the bottom of the range, rounding is relative: at most half a unit in the last place
+    big = x.abs() > x.abs().max() / 64
+    relative = ((x8.double() * inverse_scale.double() - x.double()).abs() / x.double().abs())[big]
+    assert relative.max() <= 2.0 ** -(mantissa_bits + 1) + 1e-6
+    zeros8, zeros_inverse = to_float8(torch.zeros(4, 16), dtype)
+    assert torch.isfinite(zeros_inverse) and (zeros8.float() == 0).all()
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and has_float8_tensor_cores("cuda") else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp8_linear_forward_and_backward_match_float64_math_on_the_rounded_operands(device):
+    torch.manual_seed(0)
+    x = torch.randn(3, 40, 64, device=device, requires_grad=True)
+    weight = (torch.randn(96, 64, device=device) * 0.05).requires_grad_()
+    bias = torch.randn(96, device=device, requires_grad=True)
+    grad_out = torch.randn(3, 40, 96, device=device)
+    y = fp8_linear(x, weight, bias)
+    y.backward(grad_out)
+
+    xq, wq, gq = quantized(x.reshape(-1, 64), E4M3), quantized(weight, E4M3), quantized(grad_out.reshape(-1, 96), E5M2)
+    # the CPU sums the 8-bit products in float32; Hopper's float8 tensor cores keep fewer bits while they sum
+    # (3e-4 off here on an H100), still far below what a wrong scale or layout would cost (order 1)
+    tolerance = 1e-5 if device == "cpu" else 2e-3
+
+    def check(actual, expected):
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(actual.double(), expected, rtol=tolerance, atol=tolerance * scale)
+
+    check(y, (xq @ wq.t() + bias.double()).reshape(3, 40, 96))
+    check(x.grad, (gq @ wq).reshape(3, 40, 64))
+    check(weight.grad, gq.t() @ xq)
+    check(bias.grad, grad_out.double().sum((0, 1)))
+
+    # and against the exact product: 8-bit inputs cost a few percent, never more
+    exact = x.detach().double() @ weight.detach().double().t() + bias.detach().double()
+    relative_error = (y.double() - exact).norm() / exact.norm()
+    assert 1e-4 < relative_error < 0.06
+
+
+def test_fp8_linear_under_autocast_returns_the_autocast_dtype():
+    x, weight = torch.randn(8, 32), torch.randn(16, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = fp8_linear(x, weight)
+    assert y.dtype == torch.bfloat16
+    full = fp8_linear(x, weight)
+    assert (y.float() - full).norm() / full.norm() < 1e-2  # the same product, in bf16
+
+
+def test_fp8_linear_rejects_sizes_the_kernel_cannot_take():
+    with pytest.raises(ValueError, match="multiples of 16"):
+        fp8_linear(torch.randn(4, 24), torch.randn(16, 24))
+
+
+def test_gpt_with_fp8_trains_like_the_full_precision_model():
+    config = dict(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=32, bias=True, attention="sdpa")
+    torch.manual_seed(0)
+    reference = GPT(GPTConfig(**config))
+    fp8_model = GPT(GPTConfig(**config, fp8=True))
+    fp8_model.load_state_dict(reference.state_dict())
+    data = torch.randint(0, 97, (8, 33))
+    x, y = data[:, :-1], data[:, 1:]
+    losses = {}
+    for name, model in (("reference", reference), ("fp8", fp8_model)):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        losses[name] = []
+        for _ in range(25):
+            _, loss = model(x, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses[name].append(loss.item())
+    assert losses["fp8"][-1] < losses["fp8"][0] - 1.0  # it learns (memorizes the batch)
+    assert max(abs(a - b) for a, b in zip(losses["fp8"], losses["reference"])) < 0.1
+    # evaluation uses the ordinary products: the same weights give the same logits
+    fp8_model.eval()
+    plain = GPT(GPTConfig(**config)).eval()
+    plain.load_state_dict(fp8_model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fp8_model(x)[0], plain(x)[0], rtol=0, atol=0)

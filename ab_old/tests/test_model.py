@@ -1,0 +1,306 @@
+"""model.py against independent references: float64 math, torch's SDPA, Hugging Face transformers."""
+
+import math
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig, KVCache, cache_bucket, reference_attention, sample_next_token, peak_flops, mfu
+
+
+def tiny_config(**overrides):
+    args = dict(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True, attention="sdpa")
+    args.update(overrides)
+    return GPTConfig(**args)
+
+
+def test_padded_vocab_and_logit_shape():
+    model = GPT(tiny_config())
+    assert model.transformer.wte.weight.shape[0] == 128  # 97 padded to a multiple of 64
+    logits, loss = model(torch.randint(0, 97, (3, 10)))
+    assert logits.shape == (3, 10, 97) and loss is None
+
+
+def test_last_logits_only_is_the_last_row_of_the_full_logits():
+    model = GPT(tiny_config()).eval()
+    randomize(model)
+    idx = torch.randint(0, 97, (3, 11))
+    with torch.no_grad():
+        full, _ = model(idx)
+        last, _ = model(idx, last_logits_only=True)
+    assert last.shape == (3, 1, 97)
+    torch.testing.assert_close(last, full[:, -1:], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="targets"):
+        model(idx, idx, last_logits_only=True)
+
+
+def test_loss_at_init_is_log_vocab():
+    torch.manual_seed(torch.seed())
+    model = GPT(tiny_config(vocab_size=500, n_embd=64))
+    idx = torch.randint(0, 500, (8, 32))
+    targets = torch.randint(0, 500, (8, 32))  # independent of the inputs: nothing to predict at init
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(500)) < 0.05
+
+
+def test_ignore_index():
+    model = GPT(tiny_config())
+    idx = torch.randint(0, 97, (2, 8))
+    targets = torch.randint(0, 97, (2, 8))
+    logits, _ = model(idx)
+    masked = targets.clone()
+    masked[:, :4] = -1
+    _, loss = model(idx, masked)
+    expected = torch.nn.functional.cross_entropy(logits[:, 4:].reshape(-1, 97), targets[:, 4:].reshape(-1))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_reference_attention_matches_float64_math():
+    q, k, v = (torch.randn(2, 3, 11, 8, dtype=torch.float64) for _ in range(3))
+    scores = torch.einsum("bhid,bhjd->bhij", q, k) / math.sqrt(8)
+    i = torch.arange(11)
+    scores[..., i[:, None] < i[None, :]] = -math.inf
+    expected = torch.softmax(scores, dim=-1) @ v
+    torch.testing.assert_close(reference_attention(q, k, v), expected)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_attention_paths_agree(dtype, tol):
+    model = GPT(tiny_config()).to(dtype)
+    idx = torch.randint(0, 97, (2, 32))
+    outputs = {}
+    for mode in ("reference", "sdpa"):
+        for block in model.transformer.h:
+            block.attn.attention = mode
+        outputs[mode] = model(idx)[0].float()
+    error = (outputs["sdpa"] - outputs["reference"]).norm() / outputs["reference"].norm()
+    assert error < tol
+
+
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    model = GPT(tiny_config())
+    idx = torch.randint(0, 97, (4, 32))
+    targets = torch.randint(0, 97, (4, 32))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        _, loss = model(idx, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.1
+
+
+def hf_gpt2(config):
+    transformers = pytest.importorskip("transformers")
+    hf_config = transformers.GPT2Config(n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
+                                        n_head=config.n_head, vocab_size=config.vocab_size, resid_pdrop=0.0,
+                                        embd_pdrop=0.0, attn_pdrop=0.0)
+    return transformers.GPT2LMHeadModel(hf_config).eval()
+
+
+def randomize(module):
+    # fresh random weights everywhere, biases and LayerNorm scales included, so no mismatch hides behind init values
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * 0.1 + (1.0 if p.dim() == 1 else 0.0) * torch.rand(()))
+
+
+@pytest.mark.parametrize("safetensors", [True, False], ids=["model.safetensors", "pytorch_model.bin"])
+def test_loads_hugging_face_gpt2(tmp_path, safetensors):
+    config = tiny_config()
+    hf = hf_gpt2(config)
+    randomize(hf)
+    if safetensors:
+        hf.save_pretrained(tmp_path)
+    else:  # the older layout (recent transformers only writes safetensors): a pickled state dict
+        hf.config.save_pretrained(tmp_path)
+        torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    assert (tmp_path / ("model.safetensors" if safetensors else "pytorch_model.bin")).is_file()
+    ours = GPT.from_hf_dir(str(tmp_path), attention="reference").eval()
+    idx = torch.randint(0, config.vocab_size, (3, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_exports_to_hugging_face_gpt2(tmp_path, bias):
+    transformers = pytest.importorskip("transformers")
+    ours = GPT(tiny_config(bias=bias)).eval()
+    randomize(ours)
+    ours.export_hf(str(tmp_path))
+    hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
+    idx = torch.randint(0, 97, (2, 25))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, ours(idx)[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_kv_cache_generates_the_same_tokens(temperature):
+    model = GPT(tiny_config()).eval()
+    randomize(model)
+    prompt = torch.randint(0, 97, (2, 5))
+    results = []
+    for use_cache in (True, False):
+        generator = torch.Generator().manual_seed(1234)
+        # 40 new tokens run past block_size 32, exercising the fall-back past a full cache too
+        tokens = list(model.generate(prompt, 40, temperature=temperature, use_cache=use_cache, generator=generator))
+        results.append(torch.cat(tokens, dim=1))
+    assert results[0].shape == (2, 40)
+    assert torch.equal(results[0], results[1])
+
+
+def test_cache_bucket():
+    assert [cache_bucket(n, 1024) for n in (1, 256, 257, 516, 769, 1024)] == [256, 256, 512, 768, 1024, 1024]
+    assert cache_bucket(17, 20, bucket=8) == 20
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "triton"])
+def test_decode_step_with_tensor_position_matches_full_forward(attention):
+    # the CUDA-graph decoder's path: position as a tensor, attention over a prefix of the cache buffer with the
+    # unfilled slots masked, writing through the prefix into the full cache. Its logits for each new token must
+    # equal those of a full forward over the sequence so far, computed by a twin with the plain-math attention.
+    # attention='triton' decodes with flash_attention.flash_decode (in Triton's interpreter on the CPU).
+    device = "cuda" if attention == "triton" and torch.cuda.is_available() else "cpu"
+    model = GPT(tiny_config(attention=attention)).eval()
+    randomize(model)
+    reference = GPT(tiny_config(attention="reference")).eval()
+    reference.load_state_dict(model.state_dict())
+    model, reference = model.to(device), reference.to(device)
+    config = model.config
+    idx = torch.randint(0, 97, (3, 20), device=device)
+    caches = [KVCache(3, config.n_head, config.block_size, config.n_embd // config.n_head, device, torch.float32)
+              for _ in range(config.n_layer)]
+    with torch.no_grad():
+        model(idx[:, :8], kv_caches=caches, start_pos=0)  # prefill
+        for position in range(8, 20):
+            # as CUDAGraphDecoder does: attend over a prefix of the slots (16, then 24 of the 32)
+            bucket = cache_bucket(position + 1, config.block_size, bucket=8)
+            prefixes = [cache.prefix(bucket) for cache in caches]
+            step_logits, _ = model(idx[:, position:position + 1], kv_caches=prefixes,
+                                   start_pos=torch.tensor([position], device=device))
+            full_logits, _ = reference(idx[:, :position + 1])
+            torch.testing.assert_close(step_logits[:, 0], full_logits[:, -1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("batch_size,compile,compile_mode,attention", [
+    (1, False, "default", "sdpa"), (4, False, "default", "sdpa"), (4, True, "default", "sdpa"),
+    (4, True, "max-autotune-no-cudagraphs", "sdpa"), (1, False, "default", "triton"), (4, True, "default", "triton"),
+    (4, True, "max-autotune-no-cudagraphs", "triton")])
+def test_cuda_graph_decoding_matches_eager(batch_size, compile, compile_mode, attention):
+    # positions 240..299 of a 300-slot cache: the graph of the 256-slot bucket, then that of the last 44 slots.
+    # attention='triton' decodes with flash_decode, over the bucket in the graph and the filled prefix eagerly.
+    model = GPT(tiny_config(block_size=300, attention=attention)).cuda().eval()
+    randomize(model)
+    prompt = torch.randint(0, 97, (batch_size, 240), device="cuda")
+    graphed = torch.cat(list(model.generate(prompt, 60, temperature=0.0, compile=compile,
+                                            compile_mode=compile_mode)), dim=1)
+    eager = torch.cat(list(model.generate(prompt, 60, temperature=0.0, cuda_graph=False)), dim=1)
+    assert torch.equal(graphed, eager)
+
+
+def test_generate_rejects_compile_modes_that_make_their_own_graphs():
+    model = GPT(tiny_config()).eval()
+    with pytest.raises(ValueError, match="compile_mode must be one of default, max-autotune-no-cudagraphs"):
+        next(model.generate(torch.zeros(1, 3, dtype=torch.long), 1, compile=True, compile_mode="reduce-overhead"))
+
+
+def test_generate_stops_at_eot():
+    model = GPT(tiny_config()).eval()
+    prompt = torch.randint(0, 97, (1, 3))
+    first = next(model.generate(prompt, 1, temperature=0))
+    tokens = list(model.generate(prompt, 10, temperature=0, eot_token=int(first)))
+    assert len(tokens) == 1
+
+
+def test_sampling_filters():
+    logits = torch.randn(4, 50)
+    greedy = logits.argmax(-1, keepdim=True)
+    assert torch.equal(sample_next_token(logits, temperature=0), greedy)
+    assert torch.equal(sample_next_token(logits, temperature=1.0, top_k=1), greedy)
+    assert torch.equal(sample_next_token(logits, temperature=1.0, top_p=1e-6), greedy)
+    # top_p keeps the smallest prefix (by probability) whose mass reaches p: check against a direct count
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, _ = probs.sort(dim=-1, descending=True)
+    allowed = (sorted_probs.cumsum(-1) - sorted_probs < 0.5).sum(-1)
+    draws = torch.cat([sample_next_token(logits, top_p=0.5) for _ in range(200)], dim=1)
+    ranks = (probs.gather(1, draws)[:, :, None] < probs[:, None, :]).sum(-1)  # rank of each drawn token
+    assert (ranks < allowed[:, None]).all()
+
+
+def test_flops_and_mfu_accounting():
+    config = tiny_config()
+    model = GPT(config)
+    n = sum(p.numel() for p in model.parameters()) - config.block_size * config.n_embd
+    assert model.num_params() == n
+    assert model.flops_per_token(16) == 6 * n + 12 * config.n_layer * config.n_embd * 16
+    assert peak_flops("cpu") is None and mfu(1e12, "cpu") is None
+
+
+def test_crop_block_size_and_set_dropout():
+    model = GPT(tiny_config())
+    model.crop_block_size(16)
+    assert model.transformer.wpe.weight.shape[0] == 16
+    model.set_dropout(0.3)
+    assert all(m.p == 0.3 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    with pytest.raises(ValueError):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="attention"):
+        tiny_config(attention="fast")
+    with pytest.raises(ValueError, match="divisible"):
+        tiny_config(n_embd=33)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_loss_matches_plain_cross_entropy(autocast, monkeypatch):
+    import model
+    monkeypatch.setattr(model, "FUSED_LOSS_CHUNK_ROWS", 40)  # several chunks, the last one ragged
+    plain = GPT(tiny_config())
+    fused = GPT(tiny_config(fused_loss=True))
+    fused.load_state_dict(plain.state_dict())
+    idx, targets = torch.randint(0, 97, (3, 32)), torch.randint(0, 97, (3, 32))
+    targets[0, :7] = -1
+    losses = []
+    for model in (plain, fused):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            _, loss = model(idx, targets)
+        loss.backward()
+        losses.append(loss.item())
+    tol = 2e-2 if autocast else 1e-5
+    assert abs(losses[0] - losses[1]) < tol
+    for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
+        assert (p.grad - q.grad).norm() <= tol * p.grad.norm() + 1e-7, name
+    with torch.no_grad():  # evaluation keeps the plain path and its logits
+        logits, loss = fused(idx, targets)
+    assert logits is not None and abs(loss.item() - losses[0]) < tol
+
+
+def test_triton_attention_trains_like_sdpa():
+    """A GPT trained with our kernel follows the same loss curve as with SDPA, from the same seed (fp32; on a GPU
+    if there is one, else in Triton's CPU interpreter, so the run is short)."""
+    pytest.importorskip("triton")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    data = ((torch.arange(4000) % 7 + torch.randint(0, 3, (4000,))) % 97).to(device)  # something learnable
+    curves = {}
+    for attention in ("triton", "sdpa"):
+        torch.manual_seed(0)
+        model = GPT(tiny_config(attention=attention)).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        generator = torch.Generator().manual_seed(1)
+        curves[attention] = []
+        for _ in range(12):
+            starts = torch.randint(0, len(data) - 33, (4,), generator=generator).tolist()
+            x = torch.stack([data[i:i + 32] for i in starts])
+            y = torch.stack([data[i + 1:i + 33] for i in starts])
+            _, loss = model(x, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            curves[attention].append(loss.item())
+    assert curves["triton"][-1] < curves["triton"][0] - 0.3  # it learned something
+    for triton_loss, sdpa_loss in zip(curves["triton"], curves["sdpa"]):
+        assert abs(triton_loss - sdpa_loss) < 1e-4

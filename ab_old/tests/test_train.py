@@ -1,0 +1,245 @@
+"""train.py end to end on CPU: DDP equals one process, exact resume, surviving kill -9, bad states."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from checkpoint import load_checkpoint, save_checkpoint
+from conftest import ROOT, TINY_TRAIN_FLAGS, run_script
+
+
+def train_flags(data_dir, out_dir, *extra):
+    return ["train.py", *TINY_TRAIN_FLAGS, f"--data_dir={data_dir}", f"--out_dir={out_dir}", *extra]
+
+
+def logged_losses(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return {r["step"]: r["loss"] for r in records if r["type"] == "train"}
+
+
+def test_loss_falls_and_checkpoints_are_written(char_data_dir, tmp_path):
+    run_script(train_flags(char_data_dir, tmp_path, "--max_iters=30", "--eval_interval=10", "--learning_rate=1e-2"))
+    losses = logged_losses(tmp_path)
+    assert sorted(losses) == list(range(1, 31))
+    assert losses[30] < losses[1] - 0.5
+    checkpoint = load_checkpoint(os.path.join(tmp_path, "last.pt"))
+    assert checkpoint["step"] == 30 and checkpoint["config"]["max_iters"] == 30
+    assert checkpoint["tokenizer"]["name"] == "char"
+    assert os.path.isfile(os.path.join(tmp_path, "best.pt"))
+
+
+def torchrun(*args):
+    return run_script(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args],
+                      env={"OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_equal_one_process(char_data_dir, tmp_path, parallel):
+    """2 gloo processes under torchrun take the same global batch as 1 process: same losses."""
+    flags = ["--max_iters=6", "--eval_interval=100", "--gradient_accumulation_steps=4", f"--parallel={parallel}"]
+    run_script(train_flags(char_data_dir, tmp_path / "one", *flags))
+    torchrun(*train_flags(char_data_dir, tmp_path / "two", *flags))
+    one, two = logged_losses(tmp_path / "one"), logged_losses(tmp_path / "two")
+    assert sorted(one) == sorted(two) == list(range(1, 7))
+    for step in one:
+        assert abs(one[step] - two[step]) < 1e-5, (step, one[step], two[step])
+    # the checkpoint holds full, plain weights either way
+    one_state = load_checkpoint(os.path.join(tmp_path / "one", "last.pt"))["model"]
+    two_state = load_checkpoint(os.path.join(tmp_path / "two", "last.pt"))["model"]
+    assert one_state.keys() == two_state.keys()
+    for name in one_state:
+        torch.testing.assert_close(one_state[name], two_state[name], rtol=1e-4, atol=1e-5)
+
+
+def test_fsdp_resume_is_exact(char_data_dir, tmp_path):
+    flags = ["--eval_interval=3", "--parallel=fsdp"]
+    torchrun(*train_flags(char_data_dir, tmp_path / "straight", "--max_iters=6", *flags))
+    torchrun(*train_flags(char_data_dir, tmp_path / "split", "--max_iters=3", *flags))
+    torchrun(*train_flags(char_data_dir, tmp_path / "split", "--max_iters=6", "--init_from=resume", *flags))
+    straight = load_checkpoint(os.path.join(tmp_path / "straight", "last.pt"))
+    resumed = load_checkpoint(os.path.join(tmp_path / "split", "last.pt"))
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+
+
+def test_resume_is_exact(char_data_dir, tmp_path):
+    """N steps straight == N/2 steps, stop, resume for N/2: bitwise equal weights (dropout on, so RNG state matters)."""
+    flags = ["--dropout=0.1", "--eval_interval=4"]
+    run_script(train_flags(char_data_dir, tmp_path / "straight", "--max_iters=8", *flags))
+    run_script(train_flags(char_data_dir, tmp_path / "split", "--max_iters=4", *flags))
+    run_script(train_flags(char_data_dir, tmp_path / "split", "--max_iters=8", "--init_from=resume", *flags))
+    straight = load_checkpoint(os.path.join(tmp_path / "straight", "last.pt"))
+    resumed = load_checkpoint(os.path.join(tmp_path / "split", "last.pt"))
+    assert straight["step"] == resumed["step"] == 8
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    assert logged_losses(tmp_path / "straight") == logged_losses(tmp_path / "split")
+    # eval_only on a finished run: one more estimate, the same numbers, and the checkpoint left alone
+    mtime = os.path.getmtime(os.path.join(tmp_path / "split", "last.pt"))
+    run_script(train_flags(char_data_dir, tmp_path / "split", "--max_iters=8", "--init_from=resume", "--eval_only=True",
+                           *flags))
+    with open(os.path.join(tmp_path / "split", "metrics.jsonl")) as f:
+        evals = [r for r in map(json.loads, f) if r["type"] == "eval" and r["step"] == 8]
+    assert len(evals) == 2 and evals[0]["val_loss"] == evals[1]["val_loss"]
+    assert os.path.getmtime(os.path.join(tmp_path / "split", "last.pt")) == mtime
+
+
+def test_kill_during_training_then_resume(char_data_dir, tmp_path):
+    args = [sys.executable, *train_flags(char_data_dir, tmp_path, "--max_iters=100000", "--eval_interval=5")]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = os.path.join(tmp_path, "last.pt")
+    deadline = time.time() + 120
+    while not os.path.exists(last) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.7)  # somewhere in the middle of training, maybe of a checkpoint write
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    step = load_checkpoint(last)["step"]
+    run_script(train_flags(char_data_dir, tmp_path, f"--max_iters={step + 3}", "--init_from=resume", "--eval_interval=5"))
+    assert load_checkpoint(last)["step"] == step + 3
+
+
+def test_kill_during_checkpoint_write_keeps_the_last_complete_file(tmp_path):
+    """Kill a process that rewrites a large checkpoint over and over, while a temp file is being written."""
+    path = tmp_path / "last.pt"
+    save_checkpoint({"version": -1, "weights": torch.zeros(10)}, str(path))
+    writer = (
+        "import sys, torch; sys.path.insert(0, %r)\n"
+        "from checkpoint import save_checkpoint\n"
+        "big = torch.arange(8_000_000, dtype=torch.float32)\n"
+        "for version in range(1000):\n"
+        "    save_checkpoint({'version': version, 'weights': big + version}, %r)\n" % (ROOT, str(path))
+    )
+    process = subprocess.Popen([sys.executable, "-c", writer])
+    deadline, killed_mid_write = time.time() + 60, False
+    while time.time() < deadline and not killed_mid_write:
+        if any(name.startswith("last.pt.tmp.") for name in os.listdir(tmp_path)):
+            time.sleep(0.01)
+            process.send_signal(signal.SIGKILL)
+            killed_mid_write = True
+    process.wait()
+    assert killed_mid_write
+    state = load_checkpoint(str(path))  # the last complete checkpoint, intact
+    if state["version"] == -1:
+        assert torch.equal(state["weights"], torch.zeros(10))
+    else:
+        assert torch.equal(state["weights"], torch.arange(8_000_000, dtype=torch.float32) + state["version"])
+
+
+def test_nonfinite_loss_stops_without_saving(char_data_dir, tmp_path, monkeypatch):
+    import train
+    from configurator import load_config
+    from model import GPT
+
+    original_forward = GPT.forward
+    calls = {"n": 0}
+
+    def forward_with_nan(self, idx, targets=None, **kwargs):
+        logits, loss = original_forward(self, idx, targets, **kwargs)
+        if self.training and targets is not None:
+            calls["n"] += 1
+            if calls["n"] > 6:  # from step 4 on (2 micro-batches a step)
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", forward_with_nan)
+    config = load_config(train.DEFAULTS, train_flags(char_data_dir, tmp_path, "--max_iters=20", "--eval_interval=5")[1:])
+    with pytest.raises(SystemExit, match="loss is nan at step 4"):
+        train.train(config)
+    assert not os.path.exists(os.path.join(tmp_path, "last.pt"))
+
+
+def test_fine_tune_and_distill_from_a_checkpoint(char_data_dir, tmp_path):
+    run_script(train_flags(char_data_dir, tmp_path / "base", "--max_iters=10", "--eval_interval=10"))
+    base = str(tmp_path / "base")
+    run_script(train_flags(char_data_dir, tmp_path / "tuned", "--max_iters=4", "--eval_interval=4",
+                           f"--init_from={base}", "--block_size=16", "--dropout=0.1"))
+    tuned = load_checkpoint(os.path.join(tmp_path / "tuned", "last.pt"))
+    assert tuned["model_args"]["block_size"] == 16 and tuned["model_args"]["n_embd"] == 32
+    run_script(train_flags(char_data_dir, tmp_path / "student", "--max_iters=4", "--eval_interval=4",
+                           f"--teacher={base}", "--n_embd=16"))
+    assert load_checkpoint(os.path.join(tmp_path / "student", "last.pt"))["step"] == 4
+
+
+def test_distillation_loss_matches_float64_math():
+    from train import distillation_loss
+
+    student, teacher = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    targets = torch.randint(0, 11, (2, 5))
+    targets[0, 0] = -1
+    weight, temperature = 0.3, 2.0
+    s, t, y = student.double().reshape(-1, 11), teacher.double().reshape(-1, 11), targets.reshape(-1)
+    keep = y != -1
+    s, t, y = s[keep], t[keep], y[keep]
+    ce = -(s.log_softmax(-1).gather(1, y[:, None])).mean()
+    p_teacher = (t / temperature).softmax(-1)
+    kl = (p_teacher * (p_teacher.log() - (s / temperature).log_softmax(-1))).sum(-1).mean()
+    expected = (1 - weight) * ce + weight * temperature ** 2 * kl
+    assert abs(distillation_loss(student, teacher, targets, weight, temperature).item() - expected.item()) < 1e-5
+
+
+def test_bad_runs_fail_with_one_line(char_data_dir, tmp_path):
+    result = run_script(train_flags(char_data_dir, tmp_path, "--init_from=resume"), check=False)
+    assert result.returncode != 0 and "init_from=resume but" in result.stderr.strip().splitlines()[-1]
+    result = run_script(train_flags(char_data_dir, tmp_path, "--block_size=100000"), check=False)
+    assert result.returncode != 0 and "fewer than block_size" in result.stderr.strip().splitlines()[-1]
+    result = run_script(train_flags(tmp_path / "nothing-here", tmp_path), check=False)
+    assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith("error:")
+    result = run_script(train_flags(char_data_dir, tmp_path, "--attention=triton"), check=False,
+                        env={"TRITON_INTERPRET": ""})  # a CPU run, without the tests' interpreter switch
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error: attention='triton' needs a CUDA GPU")
+    result = run_script(train_flags(char_data_dir, tmp_path, "--fp8=True", "--n_embd=24", "--n_head=2"), check=False)
+    assert result.returncode != 0 and "fp8=True needs n_embd a multiple of 16" in result.stderr.strip().splitlines()[-1]
+
+
+def test_in_training_hellaswag(tmp_path, char_data_dir):
+    from conftest import corpus_text
+    text = tmp_path / "corpus.txt"
+    text.write_text(corpus_text()[:20_000], encoding="utf-8")
+    run_script(["prepare.py", f"--input={text}", "--tokenizer=gpt2", f"--out_dir={tmp_path / 'gpt2'}"])
+    items = tmp_path / "hellaswag.jsonl"
+    items.write_text("".join(json.dumps({"ctx": f"The king said \u01c2 {i}", "endings": [" yes", " no", " thou art", " my lord"],
+                                         "label": i % 4}) + "\n" for i in range(6)))
+    run_script(train_flags(tmp_path / "gpt2", tmp_path / "out", "--max_iters=2", "--eval_interval=2",
+                           f"--hellaswag_path={items}"))
+    with open(tmp_path / "out" / "metrics.jsonl") as f:
+        evals = [r for r in map(json.loads, f) if r["type"] == "eval"]
+    assert len(evals) == 2 and all(0 <= r["hellaswag_acc_norm"] <= 1 for r in evals)
+    # a character vocabulary without "\u01c2" cannot spell these items: refused before training starts
+    result = run_script(train_flags(char_data_dir, tmp_path / "char", f"--hellaswag_path={items}"), check=False)
+    assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith("error:")
+    assert not os.path.exists(tmp_path / "char" / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mixed_precision_runs(char_data_dir, tmp_path, dtype):
+    """bf16 autocast, and fp16 with its GradScaler (whose state goes into the checkpoint), on the CPU."""
+    run_script(train_flags(char_data_dir, tmp_path, "--max_iters=3", "--eval_interval=3", f"--dtype={dtype}"))
+    checkpoint = load_checkpoint(os.path.join(tmp_path, "last.pt"))
+    assert checkpoint["step"] == 3
+    assert (checkpoint["scaler"] is not None) == (dtype == "float16")
+    assert all(torch.isfinite(t).all() for t in checkpoint["model"].values())
+
+
+def test_fused_loss_and_fp8_follow_the_plain_run(char_data_dir, tmp_path):
+    """The step options change how a step is computed, not what it learns: same seed, nearby losses."""
+    flags = ["--max_iters=8", "--eval_interval=8", "--log_interval=1"]
+    runs = {"plain": [], "fused_loss": ["--fused_loss=True"], "fp8": ["--fp8=True"]}
+    losses = {}
+    for name, extra in runs.items():
+        run_script(train_flags(char_data_dir, tmp_path / name, *flags, *extra))
+        losses[name] = logged_losses(tmp_path / name)
+    assert losses["plain"].keys() == losses["fp8"].keys() and len(losses["plain"]) == 8
+    for step, loss in losses["plain"].items():
+        assert abs(losses["fused_loss"][step] - loss) < 1e-4  # the same math in another order
+        assert abs(losses["fp8"][step] - loss) < 0.1  # 8-bit inputs to the products: close, not equal
+    assert max(abs(losses["fp8"][step] - loss) for step, loss in losses["plain"].items()) > 1e-5  # fp8 was on
+    assert load_checkpoint(os.path.join(tmp_path / "fp8", "last.pt"))["model_args"]["fp8"] is True
