@@ -109,6 +109,19 @@ def _load_tile(ptrs, rows, T, MASKED: tl.constexpr):
 
 
 @triton.jit
+def _masked_key_range(start_m, T, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    # For the query tile [start_m, start_m + BLOCK_M): the keys [masked_lo, masked_hi) need a mask; the keys before
+    # masked_lo are visible to every row and inside [0, T), so they take the fast path; keys from masked_hi on are
+    # never read.
+    if CAUSAL:
+        # Keys left of the tile are visible to all its rows; keys in [start_m, start_m + BLOCK_M) straddle the
+        # diagonal; keys right of that are hidden from every row.
+        return start_m, tl.minimum(start_m + BLOCK_M, T)
+    # All keys are visible; only the ragged last key tile (when T % BLOCK_N != 0) needs the bounds mask.
+    return (T // BLOCK_N) * BLOCK_N, T
+
+
+@triton.jit
 def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n, T, lo, hi, qk_scale,
                     BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
                     INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
@@ -179,19 +192,11 @@ def _attn_fwd(Q, K, V, O, LSE, qk_scale,
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    if CAUSAL:
-        # Keys left of this tile are visible to all its rows: no mask. Keys in [row0, row0 + BLOCK_M) straddle the
-        # diagonal: masked. Keys right of that are hidden from every row: never loaded.
-        diag_lo = pid_m * BLOCK_M
-        diag_hi = tl.minimum(diag_lo + BLOCK_M, T)
-    else:
-        # All keys are visible; only the ragged last tile (when T % BLOCK_N != 0) needs the bounds mask.
-        diag_lo = (T // BLOCK_N) * BLOCK_N
-        diag_hi = T
+    masked_lo, masked_hi = _masked_key_range(pid_m * BLOCK_M, T, BLOCK_M, BLOCK_N, CAUSAL)
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n, T,
-                                    0, diag_lo, qk_scale, BLOCK_N, False, CAUSAL, INPUT_PRECISION, UPCAST)
+                                    0, masked_lo, qk_scale, BLOCK_N, False, CAUSAL, INPUT_PRECISION, UPCAST)
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n, T,
-                                    diag_lo, diag_hi, qk_scale, BLOCK_N, True, CAUSAL, INPUT_PRECISION, UPCAST)
+                                    masked_lo, masked_hi, qk_scale, BLOCK_N, True, CAUSAL, INPUT_PRECISION, UPCAST)
 
     out = acc / l_i[:, None]
     lse = m_i + tl.log2(l_i)  # base-2 log-sum-exp of the scaled scores: all the backward pass needs of the softmax
@@ -355,16 +360,11 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, Delta, qk_scale, sm_scale,
         offs_n2 = tl.arange(0, BLOCK_N2)
         k_ptrs = K + offs_n2[:, None] * stride_kt + offs_d[None, :] * stride_kd
         v_ptrs = V + offs_n2[:, None] * stride_vt + offs_d[None, :] * stride_vd
-        if CAUSAL:  # same split as the forward pass
-            diag_lo = start_m
-            diag_hi = tl.minimum(start_m + BLOCK_M2, T)
-        else:
-            diag_lo = (T // BLOCK_N2) * BLOCK_N2
-            diag_hi = T
+        masked_lo, masked_hi = _masked_key_range(start_m, T, BLOCK_M2, BLOCK_N2, CAUSAL)  # as in the forward
         dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n2, T,
-                                0, diag_lo, qk_scale, BLOCK_N2, False, CAUSAL, INPUT_PRECISION, UPCAST)
+                                0, masked_lo, qk_scale, BLOCK_N2, False, CAUSAL, INPUT_PRECISION, UPCAST)
         dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n2, T,
-                                diag_lo, diag_hi, qk_scale, BLOCK_N2, True, CAUSAL, INPUT_PRECISION, UPCAST)
+                                masked_lo, masked_hi, qk_scale, BLOCK_N2, True, CAUSAL, INPUT_PRECISION, UPCAST)
         g_ptrs = grad_base + offs_m[:, None] * stride_gt + offs_d[None, :] * stride_gd
         tl.store(DQ + g_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=rows_in[:, None])
 
