@@ -21,8 +21,9 @@ for stage in "$@"; do
             timeout 200 python3 train.py config/train_shakespeare_char.py --max_iters=750 --init_from=resume >> "$OUT/resume.log" 2>&1
             echo "rc $?" >> "$OUT/resume.log"; grep -E "^step [0-9]+: train loss|rc |error" "$OUT/resume.log" ;;
     fatests) timeout 240 python3 -m pytest tests/test_flash_attention.py -q > "$OUT/fatests.log" 2>&1; tail -4 "$OUT/fatests.log" ;;
-    # A/B of the attention kernels, interleaved: this tree against ab_old/ (an untracked export of the fifth
-    # session's final commit, 61566a7: git archive 61566a7 | tar -x -C ab_old), which had 2-D backward grids
+    # A/B of the attention kernels, interleaved: this tree against ab_old/, an export of the fifth session's final
+    # commit (git archive 61566a7 | tar -x -C ab_old; git ignores it, so the device call carries it), which had
+    # 2-D backward grids
     ab) for round in 1 2; do
           for tree in . ab_old; do
             name=$([ "$tree" = . ] && echo new || echo old)
