@@ -745,7 +745,7 @@ def ours_generate(model, use_cache, compile=False, compile_mode="default"):
         if use_cache:
             batch_size = prompt.size(0)
             if batch_size not in decoders:
-                decoders.clear()  # one cache at a time: a batch-16 cache of GPT-2 small is 0.6 GB
+                decoders.clear()  # this implementation's cache for the last batch size goes (0.6 GB at batch 16)
                 decoders[batch_size] = Decoder(model, batch_size, compile=compile, compile_mode=compile_mode)
             decoder = decoders[batch_size]
         return torch.cat(list(model.generate(prompt, n, temperature=0.0, use_cache=use_cache, decoder=decoder)),
@@ -805,29 +805,31 @@ def bench_inference(config, device, dtype, results):
     # the warm-up, untimed); the uncompiled graph is timed too, to show what compiling it is worth
     compiled = config["compile"] and is_cuda(device)
     mode = config["decode_compile_mode"]
-    implementations = [("ours (KV cache)", ours_generate(model, True, compile=compiled, compile_mode=mode))]
+    # (name, generate, full_warmup): ours with the cache records its CUDA graphs in a full-length warm-up
+    implementations = [("ours (KV cache)", ours_generate(model, True, compile=compiled, compile_mode=mode), True)]
     if compiled and mode != "default":
-        implementations.append(("ours (KV cache, compile default)", ours_generate(model, True, compile=True)))
+        implementations.append(("ours (KV cache, compile default)", ours_generate(model, True, compile=True), True))
     if compiled:
-        implementations.append(("ours (KV cache, no compile)", ours_generate(model, True)))
-    implementations.append(("ours (no cache)", ours_generate(model, False)))
+        implementations.append(("ours (KV cache, no compile)", ours_generate(model, True), True))
+    implementations.append(("ours (no cache)", ours_generate(model, False), False))
     notes, folder = [], tempfile.TemporaryDirectory()
     if config["transformers_compare"]:
         # both of transformers' attention paths: its default (SDPA) decodes slowly where SDPA picks cuDNN, which
         # plans anew for every key length (see model.cached_attention); 'eager' is the fair comparison there
         for attention, name in (("sdpa", "transformers"), ("eager", "transformers (eager)")):
             try:
-                implementations.append((name, transformers_generate(model, folder.name, device, dtype, attention)))
+                implementations.append((name, transformers_generate(model, folder.name, device, dtype, attention),
+                                        False))
             except Exception as error:  # not installed, or a version that cannot load the export: say so, go on
                 notes.append(f"{name} comparison skipped: {type(error).__name__}: {error}")
                 print(notes[-1], flush=True)
     rows, ratios = [], []
     for size in sizes:
         outputs, rates = {}, {}
-        for name, generate in implementations:
+        for name, generate, full_warmup in implementations:
             try:
                 row, outputs[name] = measure_generation(generate, size, config, model.config.vocab_size, device,
-                                                        full_warmup=name.startswith("ours (KV cache"))
+                                                        full_warmup)
             except Exception as error:
                 traceback.print_exc()
                 notes.append(f"{name} at batch {size} failed: {type(error).__name__}: {str(error).strip()[:200]}")

@@ -22,7 +22,9 @@ from tokenizer import load_tokenizer
 def atomic_write(path, write):
     """Call write(binary_file) on a temp file, fsync it, then rename it to `path`: readers (and a crash or
     kill -9 at any moment) see the previous complete file or the new complete file, never half of one."""
-    tmp_path = f"{path}.tmp"  # one fixed name (one writer per file): a write killed midway leaves one orphan at most
+    # a temp file per process (two processes may write one report), beside `path` so that the rename is atomic;
+    # a process killed mid-write leaves its temp file behind
+    tmp_path = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp_path, "wb") as f:
             write(f)
@@ -50,8 +52,7 @@ class CheckpointError(ValueError):
 
 def load_checkpoint(path, map_location="cpu"):
     try:
-        # mmap: the processes of a run that all load one checkpoint share the page cache instead of a copy each
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, foreign or corrupt files fail in many ways deep inside unpickling
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {first_line[:200]}); "
@@ -78,7 +79,7 @@ def find_checkpoint(source):
 
 def clean_state_dict(state_dict):
     """Strip the prefixes torch.compile (`_orig_mod.`) and DDP (`module.`) add to parameter names, in any order
-    (train.py saves the bare model; checkpoints from nanoGPT-style code may carry them)."""
+    (train.py saves the bare model; this guards a checkpoint saved from a wrapped one)."""
     out = {}
     for name, tensor in state_dict.items():
         while name.startswith(("_orig_mod.", "module.")):

@@ -524,7 +524,7 @@ class GPT(nn.Module):
                 target.copy_(tensor)
             missing.discard(ours)
         if missing:  # a model half random would load "fine" and generate noise
-            raise KeyError(f"{path} lacks {len(missing)} weight(s) this GPT needs, e.g. {sorted(missing)[0]!r}")
+            raise ValueError(f"{path} lacks {len(missing)} weight(s) this GPT needs, e.g. {sorted(missing)[0]!r}")
         return model
 
     def export_hf(self, path):

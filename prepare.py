@@ -51,7 +51,6 @@ import shlex
 import shutil
 import socket
 import sys
-import tempfile
 import time
 import urllib.request
 from collections import deque
@@ -374,25 +373,33 @@ def files_input(source, paths):
 
 def download(url, folder):
     """`url` saved into `folder` (reused if already there); fails fast when offline. The file name carries a hash
-    of the whole URL, so two URLs that end in the same name never share a download. `folder` is made only once a
-    download is complete, so a failed one leaves nothing behind."""
+    of the whole URL, so two URLs that end in the same name never share a download. A failed download leaves
+    nothing behind, not even the folders it made."""
     name = os.path.basename(url.split("?")[0]) or "download.txt"
     path = os.path.join(folder, f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}")
     if os.path.isfile(path):
         return path
     alternative = ("the built-in plays (python prepare.py) or a local copy (--input=path/to/input.txt)"
                    if url == TINYSHAKESPEARE_URL else "a local copy (--input=PATH)")
-    partial = tempfile.NamedTemporaryFile(delete=False)
-    try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, partial:
-            shutil.copyfileobj(response, partial)
-    except (OSError, ValueError) as e:
-        os.remove(partial.name)
-        reason = getattr(e, "reason", None) or e
-        raise PrepareError(f"cannot download {url} ({reason}); offline, use {alternative}") from None
+    made, directory = [], folder  # the folders this call creates, innermost first
+    while directory and not os.path.isdir(directory):
+        made.append(directory)
+        directory = os.path.dirname(directory)
     os.makedirs(folder, exist_ok=True)
-    shutil.move(partial.name, path + ".tmp")  # the system's temp folder may be another file system: copy, rename
-    os.replace(path + ".tmp", path)
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(path + ".tmp", "wb") as f:
+            shutil.copyfileobj(response, f)
+        os.replace(path + ".tmp", path)
+    except BaseException as e:  # Ctrl-C or a broken connection too: no partial file, no folders we made
+        if os.path.exists(path + ".tmp"):
+            os.remove(path + ".tmp")
+        for directory in made:
+            if not os.listdir(directory):
+                os.rmdir(directory)
+        if isinstance(e, (OSError, ValueError)):
+            reason = getattr(e, "reason", None) or e
+            raise PrepareError(f"cannot download {url} ({reason}); offline, use {alternative}") from None
+        raise
     return path
 
 

@@ -331,13 +331,14 @@ def train(config):
     if device.startswith("cuda"):
         torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls, as nanoGPT
     master = rank == 0
+    for key in ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size",
+                "gradient_accumulation_steps"):
+        if config[key] < 1:
+            raise SystemExit(f"error: {key} must be at least 1, got {config[key]}")
     if config["gradient_accumulation_steps"] % world_size != 0:
         raise SystemExit(f"error: gradient_accumulation_steps={config['gradient_accumulation_steps']} must be divisible "
                          f"by the number of processes ({world_size})")
     local_accum = config["gradient_accumulation_steps"] // world_size
-    for key in ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size"):
-        if config[key] < 1:
-            raise SystemExit(f"error: {key} must be at least 1, got {config[key]}")
     if config["parallel"] not in ("ddp", "fsdp"):
         raise SystemExit(f"error: parallel must be 'ddp' or 'fsdp', got {config['parallel']!r}")
     fsdp = config["parallel"] == "fsdp" and world_size > 1
@@ -346,11 +347,21 @@ def train(config):
                          "change --dtype or drop --hellaswag_path")
     tokens_per_step = config["gradient_accumulation_steps"] * config["batch_size"] * config["block_size"]
     existing = [name for name in ("last.pt", "best.pt") if os.path.isfile(os.path.join(config["out_dir"], name))]
-    if existing and config["init_from"] != "resume" and not config["eval_only"] and not config["overwrite"]:
+    new_run = config["init_from"] != "resume" and not config["eval_only"]
+    if existing and new_run and not config["overwrite"]:
         raise SystemExit(f"error: {config['out_dir']} already holds {' and '.join(existing)} from an earlier run; "
                          f"continue it with --init_from=resume, pick another --out_dir, or pass --overwrite=True")
+    if master and new_run and config["overwrite"]:
+        # the earlier run's files go, or its best.pt (which sample.py and eval.py load first) and its metrics would
+        # outlive this run's
+        for name in ("last.pt", "best.pt", "metrics.jsonl"):
+            if os.path.isfile(os.path.join(config["out_dir"], name)):
+                os.remove(os.path.join(config["out_dir"], name))
     if master:
         os.makedirs(config["out_dir"], exist_ok=True)
+        for name in os.listdir(config["out_dir"]):  # a run killed while writing a checkpoint left its temp file
+            if name.startswith(("last.pt.tmp.", "best.pt.tmp.")):
+                os.remove(os.path.join(config["out_dir"], name))
         print(format_config(config))
         print(f"tokens per step: {tokens_per_step:,} ({world_size} processes x {local_accum} micro-batches x "
               f"{config['batch_size']} x {config['block_size']})")

@@ -107,8 +107,10 @@ def test_kill_during_training_then_resume(char_data_dir, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     step = load_checkpoint(last)["step"]
+    (tmp_path / "last.pt.tmp.999999999").write_bytes(b"half a checkpoint")  # as a kill mid-write leaves
     run_script(train_flags(char_data_dir, tmp_path, f"--max_iters={step + 3}", "--init_from=resume", "--eval_interval=5"))
     assert load_checkpoint(last)["step"] == step + 3
+    assert not any(".tmp." in name for name in os.listdir(tmp_path))
 
 
 def test_kill_during_checkpoint_write_keeps_the_last_complete_file(tmp_path):
@@ -125,7 +127,7 @@ def test_kill_during_checkpoint_write_keeps_the_last_complete_file(tmp_path):
     process = subprocess.Popen([sys.executable, "-c", writer])
     deadline, killed_mid_write = time.time() + 60, False
     while time.time() < deadline and not killed_mid_write:
-        if "last.pt.tmp" in os.listdir(tmp_path):
+        if any(name.startswith("last.pt.tmp.") for name in os.listdir(tmp_path)):
             time.sleep(0.01)
             process.send_signal(signal.SIGKILL)
             killed_mid_write = True
@@ -237,6 +239,20 @@ def test_bad_runs_fail_with_one_line(char_data_dir, tmp_path):
     assert result.returncode != 0 and "already holds best.pt from an earlier run" in result.stderr.strip().splitlines()[-1]
     assert os.listdir(tmp_path / "earlier") == ["best.pt"]
     assert (tmp_path / "earlier" / "best.pt").read_bytes() == b"an earlier run"
+
+
+def test_overwrite_replaces_the_earlier_run(char_data_dir, tmp_path):
+    """--overwrite=True starts clean: the earlier run's best.pt (which sample.py and eval.py load first) and its
+    metrics must not outlive the new run, even when the new run never improves on step 0."""
+    run_script(train_flags(char_data_dir, tmp_path, "--max_iters=4", "--eval_interval=4"))
+    assert os.path.isfile(tmp_path / "best.pt")
+    run_script(train_flags(char_data_dir, tmp_path, "--max_iters=2", "--eval_interval=2", "--learning_rate=0.0",
+                           "--overwrite=True"))  # no learning: val never beats step 0, so no new best.pt
+    assert not os.path.exists(tmp_path / "best.pt") and load_checkpoint(str(tmp_path / "last.pt"))["step"] == 2
+    assert {r["step"] for r in map(json.loads, open(tmp_path / "metrics.jsonl")) if r["type"] == "eval"} == {0, 2}
+    # eval_only on the finished run is not a new run: allowed without --overwrite, and nothing is removed
+    run_script(train_flags(char_data_dir, tmp_path, "--max_iters=2", "--eval_only=True", "--init_from=resume"))
+    assert load_checkpoint(str(tmp_path / "last.pt"))["step"] == 2
 
 
 def test_in_training_hellaswag(tmp_path, char_data_dir):
