@@ -33,6 +33,14 @@ for stage in "$@"; do
           done
         done ;;
     profile) for args in "--batch=16" "--batch=1"; do echo "== $args"; timeout 200 python3 scripts/decode_profile.py --steps=50 $args > "$OUT/profile.log" 2>&1; grep -A24 "wall time per step" "$OUT/profile.log"; done ;;
+    # two GPUs (NCCL): FSDP2 for 200 steps, resumed to 300; then a resume without FSDP must be refused
+    fsdp) python3 prepare.py --input=.gpu_data/input.txt --tokenizer=char --out_dir=data/tinyshakespeare_char > "$OUT/fsdp.log" 2>&1
+          FLAGS="config/train_shakespeare_char.py --eval_interval=100 --eval_iters=20 --log_interval=50 --dropout=0.0 --gradient_accumulation_steps=2 --parallel=fsdp"
+          timeout 200 torchrun --standalone --nproc_per_node=2 train.py $FLAGS --max_iters=200 >> "$OUT/fsdp.log" 2>&1
+          timeout 200 torchrun --standalone --nproc_per_node=2 train.py $FLAGS --max_iters=300 --init_from=resume >> "$OUT/fsdp.log" 2>&1
+          echo "rc $?" >> "$OUT/fsdp.log"
+          timeout 120 python3 train.py config/train_shakespeare_char.py --max_iters=400 --init_from=resume >> "$OUT/fsdp.log" 2>&1
+          echo "rc $?" >> "$OUT/fsdp.log"; grep -E "^step [0-9]+: train loss|^rc |^error" "$OUT/fsdp.log" ;;
     train) timeout 420 python3 bench.py --mode=train --compare=True --batch_sizes=64,128 --json="$OUT/train.json" > "$OUT/train.log" 2>&1; tail -16 "$OUT/train.log" ;;
   esac
 done
