@@ -351,16 +351,14 @@ def train(config):
     if existing and new_run and not config["overwrite"]:
         raise SystemExit(f"error: {config['out_dir']} already holds {' and '.join(existing)} from an earlier run; "
                          f"continue it with --init_from=resume, pick another --out_dir, or pass --overwrite=True")
-    if master and new_run and config["overwrite"]:
-        # the earlier run's files go, or its best.pt (which sample.py and eval.py load first) and its metrics would
-        # outlive this run's
-        for name in ("last.pt", "best.pt", "metrics.jsonl"):
-            if os.path.isfile(os.path.join(config["out_dir"], name)):
-                os.remove(os.path.join(config["out_dir"], name))
     if master:
         os.makedirs(config["out_dir"], exist_ok=True)
-        for name in os.listdir(config["out_dir"]):  # a run killed while writing a checkpoint left its temp file
-            if name.startswith(("last.pt.tmp.", "best.pt.tmp.")):
+        for name in os.listdir(config["out_dir"]):
+            # a temp file left by a run killed mid-write; and with --overwrite the earlier run's files, or its best.pt
+            # (which sample.py and eval.py load first) and its metrics would outlive this run's
+            left_by_a_kill = name.startswith(("last.pt.tmp.", "best.pt.tmp."))
+            overwritten = new_run and config["overwrite"] and name in ("last.pt", "best.pt", "metrics.jsonl")
+            if left_by_a_kill or overwritten:
                 os.remove(os.path.join(config["out_dir"], name))
         print(format_config(config))
         print(f"tokens per step: {tokens_per_step:,} ({world_size} processes x {local_accum} micro-batches x "
