@@ -613,12 +613,14 @@ def flash_attention(q, k, v, causal=True, softmax_scale=None):
 # one program per (batch, head) would walk the whole cache alone, one tile after another, and leave most of the GPU
 # idle. Instead the keys are
 # cut into splits, one program each, and every program computes the softmax of its split on its own: its local
-# maximum m_s, denominator l_s and unnormalized sum acc_s = sum_j exp(s_j - m_s) v_j. A second, tiny kernel merges
-# them exactly as the online softmax merges tiles: with M = max_s m_s,
+# maximum m_s, denominator l_s and unnormalized sum acc_s = sum_j exp(s_j - m_s) v_j. The last program of a
+# (batch, head) to finish merges them exactly as the online softmax merges tiles: with M = max_s m_s,
 #
 #     out = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s
 #
-# The cache is read once, by many programs at a time, which is all a memory-bound step can ask for. One query row
+# (flash-decoding as published merges in a second kernel; a launch costs about as much as the merge, and a GPT-2
+# step has one per layer). The cache is read once, by many programs at a time, which is all a memory-bound step
+# can ask for. One query row
 # makes the products matrix-vector ones, so they are elementwise products and sums here, not tl.dot.
 
 _DECODE_BLOCK_N = 64  # cache slots per tile
@@ -626,11 +628,11 @@ _DECODE_MAX_SPLITS = 64  # at most this many partial results per (batch, head): 
 
 
 @triton.jit
-def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, qk_scale,
+def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, ARRIVALS, O, qk_scale,
                   stride_qb, stride_qh, stride_knb, stride_knh, stride_vnb, stride_vnh,
-                  stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+                  stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt, stride_ob, stride_oh,
                   H, L, TILES_PER_SPLIT, N_SPLITS,
-                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MAX_SPLITS: tl.constexpr):
     # Program (split, bh): the softmax-weighted sum of the values in cache slots
     # [split * TILES_PER_SPLIT * BLOCK_N, (split + 1) * TILES_PER_SPLIT * BLOCK_N), for the slots the query can see.
     # The slot at the query's own position gets this step's key and value (K_NEW, V_NEW): the program whose split
@@ -642,7 +644,8 @@ def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, qk_scale
     # The query's position: slots 0..last are visible (later ones are empty or stale). Clamped so that a position
     # past the cache can never touch memory outside it.
     last = tl.minimum(tl.load(POS), L - 1)
-    lo = split * TILES_PER_SPLIT * BLOCK_N
+    split_slots = TILES_PER_SPLIT * BLOCK_N
+    lo = split * split_slots
     if lo <= last:  # splits wholly past the position have nothing to do; the merge skips them
         offs_d = tl.arange(0, HEAD_DIM)
         offs_n = tl.arange(0, BLOCK_N)
@@ -654,7 +657,7 @@ def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, qk_scale
         v_head = V + off_b * stride_vb + off_h * stride_vh
         k_ptrs = k_head + offs_n[:, None] * stride_kt + offs_d[None, :]
         v_ptrs = v_head + offs_n[:, None] * stride_vt + offs_d[None, :]
-        hi = tl.minimum(lo + TILES_PER_SPLIT * BLOCK_N, last + 1)
+        hi = tl.minimum(lo + split_slots, last + 1)
         if hi == last + 1:  # this split holds the query's slot: append the new key and value to the cache
             tl.store(k_head + last * stride_kt + offs_d, k_new)
             tl.store(v_head + last * stride_vt + offs_d, v_new)
@@ -682,26 +685,35 @@ def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, qk_scale
         tl.store(PART_ACC + part * HEAD_DIM + offs_d, acc)
         tl.store(PART_M + part, m)
         tl.store(PART_L + part, l)
+        # The merge needs every split's result, and programs cannot wait for one another (a program may wait for
+        # one that has not started yet). So each program counts itself in once its result is stored, and the one
+        # that arrives last, which knows the others are done, merges. The barrier makes all of this program's
+        # threads' stores happen before the count (release); the count's acquire makes the others' stores
+        # visible to the merge. The merging program sets the count back to 0 for the next step.
+        tl.debug_barrier()
+        arrived = tl.atomic_add(ARRIVALS + off_bh, 1, sem="acq_rel")
+        if arrived == last // split_slots:  # the splits holding slots 0..last, counting from 0
+            _decode_merge(PART_ACC, PART_M, PART_L, O + off_b * stride_ob + off_h * stride_oh, off_bh, last,
+                          N_SPLITS, split_slots, HEAD_DIM, MAX_SPLITS)
+            tl.store(ARRIVALS + off_bh, 0)
 
 
 @triton.jit
-def _decode_merge(PART_ACC, PART_M, PART_L, POS, O, stride_ob, stride_oh, H, L, N_SPLITS, SPLIT_SLOTS,
+def _decode_merge(PART_ACC, PART_M, PART_L, O, off_bh, last, N_SPLITS, SPLIT_SLOTS,
                   HEAD_DIM: tl.constexpr, MAX_SPLITS: tl.constexpr):
-    # Program bh: merge the partial softmaxes of the splits that hold visible slots into the output row.
-    off_bh = tl.program_id(0)
-    last = tl.minimum(tl.load(POS), L - 1)
+    # Merge the partial softmaxes of row bh's splits that hold visible slots into its output row O. The partial
+    # results were written by other programs: ".cg" loads them from L2, where they are, past this SM's L1 cache.
     splits = tl.arange(0, MAX_SPLITS)
     used = (splits < N_SPLITS) & (splits * SPLIT_SLOTS <= last)  # split 0 always is: slot 0 is always visible
     part = off_bh * N_SPLITS + splits
-    m = tl.load(PART_M + part, mask=used, other=float("-inf"))
-    l = tl.load(PART_L + part, mask=used, other=0.0)
+    m = tl.load(PART_M + part, mask=used, other=float("-inf"), cache_modifier=".cg")
+    l = tl.load(PART_L + part, mask=used, other=0.0, cache_modifier=".cg")
     offs_d = tl.arange(0, HEAD_DIM)
-    acc = tl.load(PART_ACC + part[:, None] * HEAD_DIM + offs_d[None, :], mask=used[:, None], other=0.0)
+    acc = tl.load(PART_ACC + part[:, None] * HEAD_DIM + offs_d[None, :], mask=used[:, None], other=0.0,
+                  cache_modifier=".cg")
     weight = tl.exp2(m - tl.max(m, axis=0))  # unused splits: exp2(-inf) = 0
     out = tl.sum(weight[:, None] * acc, axis=0) / tl.sum(weight * l, axis=0)
-    off_b = (off_bh // H).to(tl.int64)
-    off_h = (off_bh % H).to(tl.int64)
-    tl.store(O + off_b * stride_ob + off_h * stride_oh + offs_d, out.to(O.dtype.element_ty))
+    tl.store(O + offs_d, out.to(O.dtype.element_ty))
 
 
 def decode_supported(q, k_cache):
@@ -711,7 +723,7 @@ def decode_supported(q, k_cache):
             and 16 <= D <= MAX_HEAD_DIM and D & (D - 1) == 0)
 
 
-def _decode(q, k, v, k_cache, v_cache, position, config=None):
+def _decode(q, k, v, k_cache, v_cache, position, arrivals, config=None):
     """config (tuning only): (BLOCK_N, tiles per split or None for the fewest that keep <= _DECODE_MAX_SPLITS splits,
     num_warps, num_stages)."""
     B, H, _, D = q.shape
@@ -729,13 +741,11 @@ def _decode(q, k, v, k_cache, v_cache, position, config=None):
     q, k, v = (x if x.stride(3) == 1 else x.contiguous() for x in (q, k, v))
     if k_cache.stride(3) != 1 or v_cache.stride(3) != 1:  # stores must land in the caller's tensors: no copies
         raise FlashAttentionError("flash_decode: the caches' head dim must be contiguous (stride 1)")
-    _decode_split[(n_splits * B * H,)](q, k, v, k_cache, v_cache, position, part_acc, part_m, part_l,
+    _decode_split[(n_splits * B * H,)](q, k, v, k_cache, v_cache, position, part_acc, part_m, part_l, arrivals, out,
                                        D ** -0.5 * LOG2_E, *q.stride()[:2], *k.stride()[:2], *v.stride()[:2],
-                                       *k_cache.stride()[:3], *v_cache.stride()[:3], H, L, tiles_per_split, n_splits,
-                                       HEAD_DIM=D, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages)
-    _decode_merge[(B * H,)](part_acc, part_m, part_l, position, out, out.stride(0), out.stride(1),
-                            H, L, n_splits, tiles_per_split * block_n,
-                            HEAD_DIM=D, MAX_SPLITS=_DECODE_MAX_SPLITS, num_warps=4)
+                                       *k_cache.stride()[:3], *v_cache.stride()[:3], out.stride(0), out.stride(1),
+                                       H, L, tiles_per_split, n_splits, HEAD_DIM=D, BLOCK_N=block_n,
+                                       MAX_SPLITS=_DECODE_MAX_SPLITS, num_warps=num_warps, num_stages=num_stages)
     return out
 
 
@@ -744,24 +754,27 @@ def _decode(q, k, v, k_cache, v_cache, position, config=None):
 # GPT-2 step took 1.17 ms that way instead of about 0.7 (H100, BENCHMARKS.md, fifth session). An op that declares
 # the caches mutated is given the caches themselves. The store happens inside the kernel, which also saves two
 # small copy kernels per layer.
-@torch.library.custom_op("gpt::flash_decode", mutates_args=("k_cache", "v_cache"))
+@torch.library.custom_op("gpt::flash_decode", mutates_args=("k_cache", "v_cache", "arrivals"))
 def _flash_decode_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                     v_cache: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-    return _decode(q, k, v, k_cache, v_cache, position)
+                     v_cache: torch.Tensor, position: torch.Tensor, arrivals: torch.Tensor) -> torch.Tensor:
+    return _decode(q, k, v, k_cache, v_cache, position, arrivals)
 
 
 @_flash_decode_op.register_fake
-def _(q, k, v, k_cache, v_cache, position):
+def _(q, k, v, k_cache, v_cache, position, arrivals):
     B, H, _, D = q.shape
     return q.new_empty((B, 1, H, D)).transpose(1, 2)
 
 
-def flash_decode(q, k, v, k_cache, v_cache, position):
+def flash_decode(q, k, v, k_cache, v_cache, position, arrivals=None):
     """One decoding step's attention: store the new key and value k, v (B, H, 1, D) in slot `position` of the caches
     k_cache, v_cache (B, H, L, D; any strides with the head dim contiguous, e.g. a prefix of a larger buffer), then
     attend the query q (B, H, 1, D) over cache slots 0..position; later slots are ignored whatever they hold.
     position is a 1-element int64 tensor on q's device with 0 <= position < L: it is data, not checked here (the
     kernel clamps a larger one to L - 1, overwriting that slot, so memory outside the caches is never touched).
+    arrivals: the counters that find the last program of each (batch, head), int32 zeros of shape (B * H,), which
+    each call leaves zero; None makes a fresh set. A caller that keeps one set as long as its caches (KVCache does)
+    saves a zero-fill per call. Two calls running at once must not share a set.
     Returns (B, H, 1, D), stored as (B, 1, H, D). Inference only (no autograd); check decode_supported first."""
     shapes_ok = (decode_supported(q, k_cache) and k.shape == v.shape == q.shape and k_cache.shape == v_cache.shape
                  and k_cache.shape[:2] == q.shape[:2] and k_cache.shape[3] == q.shape[3]
@@ -770,9 +783,15 @@ def flash_decode(q, k, v, k_cache, v_cache, position):
         raise FlashAttentionError(f"flash_decode: needs q, k, v (B, H, 1, D) with D a power of two in [16, 128] and "
                                   f"caches (B, H, L, D), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}, "
                                   f"{tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
-    if torch.compiler.is_compiling():
-        return _flash_decode_op(q, k, v, k_cache, v_cache, position)  # opaque to the compiler, no graph break
-    return _decode(q, k, v, k_cache, v_cache, position)
+    B, H = q.shape[:2]
+    if arrivals is None:
+        arrivals = torch.zeros(B * H, dtype=torch.int32, device=q.device)
+    elif arrivals.shape != (B * H,) or arrivals.dtype != torch.int32 or arrivals.device != q.device:
+        raise FlashAttentionError(f"flash_decode: arrivals must be int32 zeros of shape ({B * H},) on {q.device}, "
+                                  f"got {arrivals.dtype} {tuple(arrivals.shape)} on {arrivals.device}")
+    if torch.compiler.is_compiling():  # opaque to the compiler, no graph break
+        return _flash_decode_op(q, k, v, k_cache, v_cache, position, arrivals)
+    return _decode(q, k, v, k_cache, v_cache, position, arrivals)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -214,6 +214,8 @@ class KVCache:
         shape = (batch_size, n_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # flash_decode's counters (one per batch row and head): zeros, and each call leaves them zero
+        self.decode_arrivals = torch.zeros(batch_size * n_head, dtype=torch.int32, device=device)
 
     def prefix(self, length):
         """The first `length` slots as a KVCache of their own that shares this one's memory: writes land here."""
@@ -229,7 +231,7 @@ class KVCache:
             from flash_attention import decode_supported, flash_decode
             if decode_supported(q, self.k):
                 position = start_pos if torch.is_tensor(start_pos) else torch.full((1,), start_pos, device=q.device)
-                return flash_decode(q, k, v, self.k, self.v, position)
+                return flash_decode(q, k, v, self.k, self.v, position, self.decode_arrivals)
         k, v = self.update(k, v, start_pos)
         if isinstance(start_pos, int) and start_pos == 0:
             return attend(q, k, v, mode)  # prefill: ordinary causal attention
@@ -252,7 +254,10 @@ class KVCache:
 
 
 def _decode_step(model, token, caches, position):
-    return model(token, kv_caches=caches, start_pos=position)[0]
+    logits = model(token, kv_caches=caches, start_pos=position)[0]
+    # greedy decoding's next token, taken inside the step: recorded in the graph (and fused by torch.compile) it
+    # costs a few microseconds, where a separate argmax of a (16, 50304) batch took 13 (H100, BENCHMARKS.md)
+    return logits, logits[:, -1].argmax(dim=-1, keepdim=True)
 
 
 # torch.compile modes for the decoding step. The step is recorded into our own CUDA graphs, so modes that make
@@ -310,7 +315,7 @@ class Decoder:
         self.position = torch.zeros(1, dtype=torch.long, device=weight.device)
         self.step = _compiled_decode_step(compile_mode) if compile else _decode_step
         self.compiled = compile
-        self.graphs = {}  # cache bucket -> (graph, its logits tensor)
+        self.graphs = {}  # cache bucket -> (graph, its outputs: logits and greedy next token)
 
     def prefill(self, idx):
         """Logits of the last position of the prompts idx (B, T), whose keys and values fill slots 0..T-1."""
@@ -332,21 +337,22 @@ class Decoder:
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            logits = self.step(self.model, self.token, caches, self.position)
-        return graph, logits
+            outputs = self.step(self.model, self.token, caches, self.position)
+        return graph, outputs
 
     def __call__(self, token, position):
-        """Logits (B, 1, vocab) for one new token per row (B, 1) at cache slot `position` (an int)."""
+        """Logits (B, 1, vocab) and the greedy next token (B, 1) for one new token per row (B, 1) at cache slot
+        `position` (an int). Replayed from a graph, both live in buffers that the next step overwrites."""
         if not self.use_graphs:
-            return self.model(token, kv_caches=self.caches, start_pos=position)[0]
+            return _decode_step(self.model, token, self.caches, position)
         self.token.copy_(token)
         self.position.fill_(position)
         length = cache_bucket(position + 1, self.caches[0].k.size(2))
         if length not in self.graphs:
             self.graphs[length] = self._record(length)
-        graph, logits = self.graphs[length]
+        graph, outputs = self.graphs[length]
         graph.replay()
-        return logits
+        return outputs
 
 
 class GPT(nn.Module):
@@ -469,17 +475,24 @@ class GPT(nn.Module):
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
         cached_len = 0
         for _ in range(max_new_tokens):
+            greedy_token = None  # the decoding step's own argmax, where there is one
             if use_cache and idx.size(1) <= block_size:
-                logits = decoder.prefill(idx) if cached_len == 0 else decoder(idx[:, -1:], cached_len)
+                if cached_len == 0:
+                    logits = decoder.prefill(idx)
+                else:
+                    logits, greedy_token = decoder(idx[:, -1:], cached_len)
                 cached_len = idx.size(1)
             else:
                 logits, _ = self(idx[:, -block_size:], last_logits_only=True)
-            next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
+            if temperature == 0 and greedy_token is not None:
+                next_token = greedy_token
+            else:
+                next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
             if eot_token is not None:
                 next_token = torch.where(finished[:, None], torch.full_like(next_token, eot_token), next_token)
                 finished |= next_token[:, 0] == eot_token
             idx = torch.cat((idx, next_token), dim=1)
-            yield next_token
+            yield idx[:, -1:]  # not next_token: a graph's output buffer, which the next step overwrites
             if eot_token is not None and bool(finished.all()):
                 return
 

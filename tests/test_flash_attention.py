@@ -357,6 +357,7 @@ def decode_reference(q, k, v, position):
 
 def check_decode(B, H, L, D, positions, dtype, device=DEVICE, max_len=None):
     generator, seed = fresh_generator(device)
+    arrivals = torch.zeros(B * H, dtype=torch.int32, device=device)  # one set for all calls, as KVCache keeps it
     # the model's layouts: q, k, v strided views of the (B, 1, 3C) projection, the caches a prefix of a larger buffer
     for position in positions:
         qkv = torch.randn(B, 1, 3 * H * D, generator=generator, device=device).to(dtype)
@@ -365,7 +366,8 @@ def check_decode(B, H, L, D, positions, dtype, device=DEVICE, max_len=None):
                    for _ in range(2)]
         k_cache, v_cache = (b[:, :, :L] for b in buffers)
         untouched = [b.clone() for b in buffers]
-        out = fa.flash_decode(q, k, v, k_cache, v_cache, torch.tensor([position], device=device))
+        out = fa.flash_decode(q, k, v, k_cache, v_cache, torch.tensor([position], device=device), arrivals)
+        assert not arrivals.any(), f"the kernel left its arrival counts nonzero: {arrivals.unique().tolist()}"
         # the new key and value landed in slot `position` of the buffers, and nothing else changed
         for buffer, before, new in zip(buffers, untouched, (k, v)):
             before[:, :, position] = new[:, :, 0]
@@ -416,7 +418,8 @@ def test_decode_under_torch_compile():
     out = compiled(q, k, v, k_cache, v_cache, position)
     assert_close("compiled decode", out, expected, 1e-5, seed)
     assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
-    torch.library.opcheck(torch.ops.gpt.flash_decode.default, (q, k, v, k_cache, v_cache, position))
+    arrivals = torch.zeros(4, dtype=torch.int32, device=DEVICE)
+    torch.library.opcheck(torch.ops.gpt.flash_decode.default, (q, k, v, k_cache, v_cache, position, arrivals))
 
 
 def test_decode_bad_inputs_raise():
@@ -427,6 +430,10 @@ def test_decode_bad_inputs_raise():
     cache = torch.randn(1, 2, 32, 10, device=DEVICE).transpose(2, 3)  # (1, 2, 10, 32) with the head dim strided
     with pytest.raises(fa.FlashAttentionError, match="head dim must be contiguous"):
         fa.flash_decode(q, q, q, cache, cache, torch.tensor([0], device=DEVICE))
+    cache = torch.randn(1, 2, 10, 32, device=DEVICE)
+    for arrivals in (torch.zeros(2, device=DEVICE), torch.zeros(3, dtype=torch.int32, device=DEVICE)):
+        with pytest.raises(fa.FlashAttentionError, match="arrivals must be int32 zeros of shape"):
+            fa.flash_decode(q, q, q, cache, cache, torch.tensor([0], device=DEVICE), arrivals)
 
 
 def test_decode_caches_of_different_layouts():
