@@ -611,20 +611,25 @@ def flash_attention(q, k, v, causal=True, softmax_scale=None):
 #
 # A decoding step has a single query per (batch, head), so the forward kernel's parallelism over query tiles is gone:
 # one program per (batch, head) would walk the whole cache alone, one tile after another, and leave most of the GPU
-# idle. Instead the keys are
-# cut into splits, one program each, and every program computes the softmax of its split on its own: its local
-# maximum m_s, denominator l_s and unnormalized sum acc_s = sum_j exp(s_j - m_s) v_j. The last program of a
-# (batch, head) to finish merges them exactly as the online softmax merges tiles: with M = max_s m_s,
+# idle. Instead the keys are cut into splits, one program each, and every program computes the softmax of its split
+# on its own: its local maximum m_s, denominator l_s and unnormalized sum acc_s = sum_j exp(s_j - m_s) v_j. The
+# last program of a (batch, head) to finish merges them exactly as the online softmax merges tiles: with
+# M = max_s m_s,
 #
 #     out = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s
 #
 # (flash-decoding as published merges in a second kernel; a launch costs about as much as the merge, and a GPT-2
-# step has one per layer). The cache is read once, by many programs at a time, which is all a memory-bound step
-# can ask for. One query row
-# makes the products matrix-vector ones, so they are elementwise products and sums here, not tl.dot.
+# step has one per layer). The cache is read once, by many programs at a time, which is all a memory-bound step can
+# ask for. One query row makes the products matrix-vector ones, so they are elementwise products and sums here, not
+# tl.dot.
 
-_DECODE_BLOCK_N = 64  # cache slots per tile
-_DECODE_MAX_SPLITS = 64  # at most this many partial results per (batch, head): the merge holds them all at once
+# (BLOCK_N, tiles per split, num_warps, num_stages): 128-slot splits, one tile each. Timed alone on an H100 (seventh
+# session, as scripts/decode_sweep.py times them) against the sixth session's 64-slot splits and separate merge
+# kernel, per layer: 14.1 against 14.7 us at batch 16 over 400 slots, 26.0 against 27.4 over 1,000, 4.7 against 5.0
+# at batch 1, 66 against 66 at batch 64. With 64-slot splits the merged-in kernel was slower at batch 16 (15.9 us):
+# every program pays for making its stores visible before it counts itself in, so fewer programs pay off.
+_DECODE_CONFIG = (128, 1, 4, 1)
+_DECODE_MERGE_CHUNK = 8  # partial results the merge loads at a time
 
 
 @triton.jit
@@ -632,7 +637,7 @@ def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, ARRIVALS
                   stride_qb, stride_qh, stride_knb, stride_knh, stride_vnb, stride_vnh,
                   stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt, stride_ob, stride_oh,
                   H, L, TILES_PER_SPLIT, N_SPLITS,
-                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MAX_SPLITS: tl.constexpr):
+                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MERGE_CHUNK: tl.constexpr):
     # Program (split, bh): the softmax-weighted sum of the values in cache slots
     # [split * TILES_PER_SPLIT * BLOCK_N, (split + 1) * TILES_PER_SPLIT * BLOCK_N), for the slots the query can see.
     # The slot at the query's own position gets this step's key and value (K_NEW, V_NEW): the program whose split
@@ -685,35 +690,44 @@ def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, ARRIVALS
         tl.store(PART_ACC + part * HEAD_DIM + offs_d, acc)
         tl.store(PART_M + part, m)
         tl.store(PART_L + part, l)
-        # The merge needs every split's result, and programs cannot wait for one another (a program may wait for
-        # one that has not started yet). So each program counts itself in once its result is stored, and the one
-        # that arrives last, which knows the others are done, merges. The barrier makes all of this program's
-        # threads' stores happen before the count (release); the count's acquire makes the others' stores
-        # visible to the merge. The merging program sets the count back to 0 for the next step.
+        # The merge needs every split's result, and programs cannot wait for one another (one may be waiting for a
+        # program that has not started). So each program counts itself in once its result is stored, and the one
+        # that arrives last, which knows the others are done, merges. The barrier puts all of this program's
+        # threads' stores before the count, and the count releases them; the last program acquires the others'
+        # stores by swapping the count back to 0, which also readies it for the next step.
         tl.debug_barrier()
-        arrived = tl.atomic_add(ARRIVALS + off_bh, 1, sem="acq_rel")
+        arrived = tl.atomic_add(ARRIVALS + off_bh, 1, sem="release")
         if arrived == last // split_slots:  # the splits holding slots 0..last, counting from 0
-            _decode_merge(PART_ACC, PART_M, PART_L, O + off_b * stride_ob + off_h * stride_oh, off_bh, last,
-                          N_SPLITS, split_slots, HEAD_DIM, MAX_SPLITS)
-            tl.store(ARRIVALS + off_bh, 0)
+            tl.atomic_xchg(ARRIVALS + off_bh, 0, sem="acquire")
+            _decode_merge(PART_ACC, PART_M, PART_L, O + off_b * stride_ob + off_h * stride_oh,
+                          off_bh * N_SPLITS, last // split_slots + 1, HEAD_DIM, MERGE_CHUNK)
 
 
 @triton.jit
-def _decode_merge(PART_ACC, PART_M, PART_L, O, off_bh, last, N_SPLITS, SPLIT_SLOTS,
-                  HEAD_DIM: tl.constexpr, MAX_SPLITS: tl.constexpr):
-    # Merge the partial softmaxes of row bh's splits that hold visible slots into its output row O. The partial
-    # results were written by other programs: ".cg" loads them from L2, where they are, past this SM's L1 cache.
-    splits = tl.arange(0, MAX_SPLITS)
-    used = (splits < N_SPLITS) & (splits * SPLIT_SLOTS <= last)  # split 0 always is: slot 0 is always visible
-    part = off_bh * N_SPLITS + splits
-    m = tl.load(PART_M + part, mask=used, other=float("-inf"), cache_modifier=".cg")
-    l = tl.load(PART_L + part, mask=used, other=0.0, cache_modifier=".cg")
+def _decode_merge(PART_ACC, PART_M, PART_L, O, first_part, n_parts,
+                  HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr):
+    # Merge the partial softmaxes first_part .. first_part + n_parts - 1 into the output row O, CHUNK at a time, by
+    # the online softmax's rescaling. They were written by other programs: ".cg" loads them from L2, where they
+    # are, past this SM's L1 cache.
     offs_d = tl.arange(0, HEAD_DIM)
-    acc = tl.load(PART_ACC + part[:, None] * HEAD_DIM + offs_d[None, :], mask=used[:, None], other=0.0,
-                  cache_modifier=".cg")
-    weight = tl.exp2(m - tl.max(m, axis=0))  # unused splits: exp2(-inf) = 0
-    out = tl.sum(weight[:, None] * acc, axis=0) / tl.sum(weight * l, axis=0)
-    tl.store(O + offs_d, out.to(O.dtype.element_ty))
+    m = tl.full([], float("-inf"), dtype=tl.float32)
+    l = tl.full([], 0.0, dtype=tl.float32)
+    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
+    for start in range(0, n_parts, CHUNK):
+        offs = start + tl.arange(0, CHUNK)
+        used = offs < n_parts
+        part = first_part + offs
+        m_part = tl.load(PART_M + part, mask=used, other=float("-inf"), cache_modifier=".cg")
+        l_part = tl.load(PART_L + part, mask=used, other=0.0, cache_modifier=".cg")
+        acc_part = tl.load(PART_ACC + part[:, None] * HEAD_DIM + offs_d[None, :], mask=used[:, None], other=0.0,
+                           cache_modifier=".cg")
+        m_new = tl.maximum(m, tl.max(m_part, axis=0))  # finite: the chunk's first part is used
+        weight = tl.exp2(m_part - m_new)  # unused parts: exp2(-inf) = 0
+        alpha = tl.exp2(m - m_new)
+        l = l * alpha + tl.sum(weight * l_part, axis=0)
+        acc = acc * alpha + tl.sum(weight[:, None] * acc_part, axis=0)
+        m = m_new
+    tl.store(O + offs_d, (acc / l).to(O.dtype.element_ty))
 
 
 def decode_supported(q, k_cache):
@@ -724,14 +738,11 @@ def decode_supported(q, k_cache):
 
 
 def _decode(q, k, v, k_cache, v_cache, position, arrivals, config=None):
-    """config (tuning only): (BLOCK_N, tiles per split or None for the fewest that keep <= _DECODE_MAX_SPLITS splits,
-    num_warps, num_stages)."""
+    """config (tuning only): (BLOCK_N, tiles per split, num_warps, num_stages), _DECODE_CONFIG by default."""
     B, H, _, D = q.shape
     L = k_cache.shape[2]
-    block_n, tiles_per_split, num_warps, num_stages = config or (_DECODE_BLOCK_N, None, 4, 3)
-    tiles = triton.cdiv(L, block_n)
-    tiles_per_split = max(tiles_per_split or 1, triton.cdiv(tiles, _DECODE_MAX_SPLITS))
-    n_splits = triton.cdiv(tiles, tiles_per_split)
+    block_n, tiles_per_split, num_warps, num_stages = config or _DECODE_CONFIG
+    n_splits = triton.cdiv(L, tiles_per_split * block_n)
     out = _new_output((B, 1, H, D), q).transpose(1, 2)  # stored (B, 1, H, D): the model's (B, 1, C) for free
     if B * H == 0:
         return out
@@ -745,7 +756,7 @@ def _decode(q, k, v, k_cache, v_cache, position, arrivals, config=None):
                                        D ** -0.5 * LOG2_E, *q.stride()[:2], *k.stride()[:2], *v.stride()[:2],
                                        *k_cache.stride()[:3], *v_cache.stride()[:3], out.stride(0), out.stride(1),
                                        H, L, tiles_per_split, n_splits, HEAD_DIM=D, BLOCK_N=block_n,
-                                       MAX_SPLITS=_DECODE_MAX_SPLITS, num_warps=num_warps, num_stages=num_stages)
+                                       MERGE_CHUNK=_DECODE_MERGE_CHUNK, num_warps=num_warps, num_stages=num_stages)
     return out
 
 

@@ -355,7 +355,7 @@ def decode_reference(q, k, v, position):
     return scores.masked_fill(hidden, float("-inf")).softmax(-1) @ v
 
 
-def check_decode(B, H, L, D, positions, dtype, device=DEVICE, max_len=None):
+def check_decode(B, H, L, D, positions, dtype, device=DEVICE, max_len=None, config=None):
     generator, seed = fresh_generator(device)
     arrivals = torch.zeros(B * H, dtype=torch.int32, device=device)  # one set for all calls, as KVCache keeps it
     # the model's layouts: q, k, v strided views of the (B, 1, 3C) projection, the caches a prefix of a larger buffer
@@ -366,7 +366,11 @@ def check_decode(B, H, L, D, positions, dtype, device=DEVICE, max_len=None):
                    for _ in range(2)]
         k_cache, v_cache = (b[:, :, :L] for b in buffers)
         untouched = [b.clone() for b in buffers]
-        out = fa.flash_decode(q, k, v, k_cache, v_cache, torch.tensor([position], device=device), arrivals)
+        position_tensor = torch.tensor([position], device=device)
+        if config is None:
+            out = fa.flash_decode(q, k, v, k_cache, v_cache, position_tensor, arrivals)
+        else:  # a tuning config: the kernels through the launcher
+            out = fa._decode(q, k, v, k_cache, v_cache, position_tensor, arrivals, config)
         assert not arrivals.any(), f"the kernel left its arrival counts nonzero: {arrivals.unique().tolist()}"
         # the new key and value landed in slot `position` of the buffers, and nothing else changed
         for buffer, before, new in zip(buffers, untouched, (k, v)):
@@ -386,10 +390,14 @@ def test_decode_matches_float64(L, D, dtype):
     check_decode(2, 3, L, D, positions, dtype)
 
 
-def test_decode_splits_of_several_tiles():
-    # more tiles than _DECODE_MAX_SPLITS: each program then folds several tiles before the merge
-    L = (fa._DECODE_MAX_SPLITS + 6) * fa._DECODE_BLOCK_N
-    check_decode(1, 1, L, 16, [0, 64 * 3 - 1, L // 2, L - 1], torch.float32)
+def test_decode_many_splits_and_splits_of_several_tiles():
+    # 70 splits: the merge goes through its partial results in several chunks
+    block_n = fa._DECODE_CONFIG[0]
+    L = 70 * block_n
+    check_decode(1, 2, L, 16, [0, block_n * 3 - 1, L // 2, L - 1], torch.float32)
+    # tuning configs with several tiles per split: each program folds its tiles before the merge
+    for config in ((64, 4, 4, 3), (32, 3, 2, 1)):
+        check_decode(2, 2, 500, 32, [0, 64 * 4 - 1, 64 * 4, 499], torch.float32, config=config)
 
 
 def test_decode_ignores_slots_past_the_position():
