@@ -15,11 +15,10 @@ for stage in "$@"; do
     mtests) timeout 240 python3 -m pytest tests/test_model.py -q > "$OUT/mtests.log" 2>&1; tail -4 "$OUT/mtests.log" ;;
     fatests) timeout 240 python3 -m pytest tests/test_flash_attention.py -q > "$OUT/fatests.log" 2>&1; tail -4 "$OUT/fatests.log" ;;
     # A/B of decoding, interleaved: ab/old (an export of the sixth session's last commit, 5a4b11e) and this tree,
-    # timed by ab/decode_ab.py (throwaway, not committed: bench.measure_generation per tree, 3 repeats per batch
-    # size); ab/ is git-ignored, so the device call carries it
+    # timed by scripts/decode_ab.py; ab/ is git-ignored, so the device call carries it
     abdecode) for round in 1 2; do
           for tree in ab/old .; do
-            timeout 120 python3 ab/decode_ab.py "$tree" 2>&1 | grep -E "ms/step|Error|error" | tee -a "$OUT/abdecode.log"
+            timeout 120 python3 scripts/decode_ab.py "$tree" 2>&1 | grep -E "ms/step|Error|error" | tee -a "$OUT/abdecode.log"
           done
         done ;;
     inference) timeout 300 python3 bench.py --mode=inference --transformers_compare=False --json="$OUT/inference.json" > "$OUT/inference.log" 2>&1; tail -14 "$OUT/inference.log" ;;
