@@ -690,11 +690,12 @@ def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, ARRIVALS
         tl.store(PART_ACC + part * HEAD_DIM + offs_d, acc)
         tl.store(PART_M + part, m)
         tl.store(PART_L + part, l)
-        # The merge needs every split's result, and programs cannot wait for one another (one may be waiting for a
-        # program that has not started). So each program counts itself in once its result is stored, and the one
-        # that arrives last, which knows the others are done, merges. The barrier puts all of this program's
-        # threads' stores before the count, and the count releases them; the last program acquires the others'
-        # stores by swapping the count back to 0, which also readies it for the next step.
+        # The merge needs every split's result, and a program must not wait for another: the one it waits for may
+        # not have started, and may never start while the waiting programs hold the GPU. So each program counts
+        # itself in once its result is stored, and the one that arrives last, which knows the others are done,
+        # merges. The barrier puts all of this program's threads' stores before the count, and the count releases
+        # them; the last program acquires the others' stores by swapping the count back to 0, which also readies
+        # it for the next step.
         tl.debug_barrier()
         arrived = tl.atomic_add(ARRIVALS + off_bh, 1, sem="release")
         if arrived == last // split_slots:  # the splits holding slots 0..last, counting from 0
