@@ -56,7 +56,7 @@ mode the first half visits T - n0 rows and the second n0 + BLOCK columns, so eve
 The price is recomputing S and dP in the second half (7 matrix products per tile pair instead of 5). Adding dQ
 from the first half with atomics instead was measured on an H100, as per-element atomics and as TMA bulk
 reductions: slower at the GPT-2 shape, 2.8% faster at D=128 (BENCHMARKS.md, fourth session). At D=128 the two
-halves run as two launches of the same kernel instead, each with the tiles that suit it (the HALVES argument):
+halves run as two launches of the same kernel instead, each with the tiles that suit it (WITH_DKDV, WITH_DQ):
 6-7% faster there, since one kernel's registers must hold the larger half's accumulators (fifth session).
 
 Not here (model.py handles them): attention dropout, cached attention of several new queries at once (T_q != T_k,
@@ -294,14 +294,15 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, Delta, qk_scale, sm_scale,
               H, T,
               HEAD_DIM: tl.constexpr, BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr,
               BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr, CAUSAL: tl.constexpr,
-              INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, HALVES: tl.constexpr):
+              INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+              WITH_DKDV: tl.constexpr, WITH_DQ: tl.constexpr):
     # Program (pid, bh) computes dK, dV for key tile pid (BLOCK_N1 keys), then dQ for query tile pid (BLOCK_M2 rows).
-    # HALVES = 3 does both; 1 only dK, dV and 2 only dQ, for launching the halves as two kernels.
+    # WITH_DKDV and WITH_DQ choose the halves: both, or one each when the halves are launched as two kernels.
     tl.static_assert(BLOCK_N1 % BLOCK_M1 == 0)  # diagonal of a key tile starts and ends on query-tile boundaries
     tl.static_assert(BLOCK_M2 % BLOCK_N2 == 0)  # diagonal of a query tile starts and ends on key-tile boundaries
-    tl.static_assert(HALVES != 3 or BLOCK_N1 == BLOCK_M2)  # one grid covers both halves
+    tl.static_assert(not (WITH_DKDV and WITH_DQ) or BLOCK_N1 == BLOCK_M2)  # one grid covers both halves
     # a 1-D grid, tiles fastest (a grid's second axis holds at most 65535 programs: B x H can be more)
-    n_tiles = tl.cdiv(T, BLOCK_M2 if HALVES == 2 else BLOCK_N1)
+    n_tiles = tl.cdiv(T, BLOCK_N1 if WITH_DKDV else BLOCK_M2)
     pid = tl.program_id(0) % n_tiles
     off_bh = tl.program_id(0) // n_tiles
     off_b = (off_bh // H).to(tl.int64)
@@ -315,7 +316,7 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, Delta, qk_scale, sm_scale,
     grad_base = off_b * stride_gb + off_h * stride_gh
     offs_d = tl.arange(0, HEAD_DIM)
 
-    if HALVES & 1:
+    if WITH_DKDV:
         # ---- dK, dV for keys [start_n, start_n + BLOCK_N1)
         start_n = pid * BLOCK_N1
         offs_n = start_n + tl.arange(0, BLOCK_N1)
@@ -347,7 +348,7 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, Delta, qk_scale, sm_scale,
         tl.store(DV + g_ptrs, dv.to(DV.dtype.element_ty), mask=keys_in)
         tl.store(DK + g_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=keys_in)
 
-    if HALVES & 2:
+    if WITH_DQ:
         # ---- dQ for queries [start_m, start_m + BLOCK_M2)
         start_m = pid * BLOCK_M2
         offs_m = start_m + tl.arange(0, BLOCK_M2)
@@ -470,17 +471,18 @@ def _backward(dout, q, k, v, out, lse, causal, softmax_scale, config=None):
     input_precision, upcast = _kernel_flags(q.dtype)
     if len(bwd) == 6:  # one kernel, both halves: (M1, N1, M2, N2, warps, stages)
         m1, n1, m2, n2, num_warps, num_stages = bwd
-        launches = [(3, n1, (m1, n1, m2, n2), num_warps, num_stages)]
+        launches = [((True, True), n1, (m1, n1, m2, n2), num_warps, num_stages)]
     else:  # two kernels, dK/dV then dQ, each with its tiles: ((M1, N1, warps, stages), (M2, N2, warps, stages))
         (m1, n1, warps1, stages1), (m2, n2, warps2, stages2) = bwd
         # the tile sizes of the half a kernel skips only have to pass the static asserts
-        launches = [(1, n1, (m1, n1, n1, m1), warps1, stages1), (2, m2, (n2, m2, m2, n2), warps2, stages2)]
-    for halves, tile, (block_m1, block_n1, block_m2, block_n2), num_warps, num_stages in launches:
+        launches = [((True, False), n1, (m1, n1, n1, m1), warps1, stages1),
+                    ((False, True), m2, (n2, m2, m2, n2), warps2, stages2)]
+    for (with_dkdv, with_dq), tile, (block_m1, block_n1, block_m2, block_n2), num_warps, num_stages in launches:
         _attn_bwd[(triton.cdiv(T, tile) * B * H,)](
             q, k, v, dout, dq, dk, dv, lse, delta, softmax_scale * LOG2_E, softmax_scale,
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), H, T,
             HEAD_DIM=D, BLOCK_M1=block_m1, BLOCK_N1=block_n1, BLOCK_M2=block_m2, BLOCK_N2=block_n2,
-            CAUSAL=causal, INPUT_PRECISION=input_precision, UPCAST=upcast, HALVES=halves,
+            CAUSAL=causal, INPUT_PRECISION=input_precision, UPCAST=upcast, WITH_DKDV=with_dkdv, WITH_DQ=with_dq,
             num_warps=num_warps, num_stages=num_stages)
     return dq, dk, dv
 
