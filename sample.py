@@ -76,18 +76,20 @@ def main(config):
     from model import Decoder, check_decode_compile_mode, check_sampling
     from train import resolve_device_and_dtype
 
-    check_decode_compile_mode(config["compile_mode"])  # before anything is loaded or printed
-    check_sampling(config["temperature"], config["top_k"], config["top_p"])  # ValueError: one line, below
-    device, dtype = resolve_device_and_dtype(config["device"], config["dtype"])
     torch.manual_seed(config["seed"])
+    # Everything that can be wrong with the settings, the model or the prompt fails here, in one line, before
+    # anything is printed; errors while generating are bugs and keep their traceback.
     try:
+        check_decode_compile_mode(config["compile_mode"])
+        check_sampling(config["temperature"], config["top_k"], config["top_p"])
+        device, dtype = resolve_device_and_dtype(config["device"], config["dtype"])
         model, tokenizer, _ = load_model(config["model"], device, attention=config["attention"])
-    except (FileNotFoundError, KeyError) as e:
+        prompt = read_prompt(config["start"])
+        tokenizer.encode(prompt)  # characters the vocabulary cannot spell
+    except (FileNotFoundError, KeyError, ValueError) as e:  # ValueError: ours (CheckpointError, TokenizerError, ...)
         raise SystemExit(f"error: {e}") from None
     if dtype != "float32":
         model.to(getattr(torch, dtype))
-    prompt = read_prompt(config["start"])
-    tokenizer.encode(prompt)  # a prompt the vocabulary cannot spell fails here, before anything is printed
     generator = torch.Generator(device=device).manual_seed(config["seed"])
     decoder = Decoder(model, 1, compile=config["compile"], compile_mode=config["compile_mode"]) \
         if config["use_cache"] else None
@@ -102,7 +104,4 @@ def main(config):
 
 if __name__ == "__main__":
     from configurator import load_config
-    try:
-        main(load_config(DEFAULTS, sys.argv[1:]))
-    except ValueError as e:  # our errors (bad settings, checkpoints, prompt characters the vocabulary lacks)
-        raise SystemExit(f"error: {e}") from None
+    main(load_config(DEFAULTS, sys.argv[1:]))
