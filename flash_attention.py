@@ -653,7 +653,7 @@ def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, ARRIVALS
     last = tl.minimum(tl.load(POS), L - 1)
     split_slots = TILES_PER_SPLIT * BLOCK_N
     lo = split * split_slots
-    if lo <= last:  # splits wholly past the position have nothing to do; the merge skips them
+    if lo <= last:  # splits wholly past the position have nothing to do, and neither count in nor get merged
         offs_d = tl.arange(0, HEAD_DIM)
         offs_n = tl.arange(0, BLOCK_N)
         # the head dim is contiguous in every input (the wrapper sees to it), so rows load in 16-byte pieces
@@ -697,11 +697,14 @@ def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, ARRIVALS
         # itself in once its result is stored, and the one that arrives last, which knows the others are done,
         # merges. The barrier puts all of this program's threads' stores before the count, and the count releases
         # them; the last program acquires the others' stores by swapping the count back to 0, which also readies
-        # it for the next step.
+        # it for the next step. A scalar atomic is one thread's: the barrier after the swap orders the other
+        # threads' loads after it (Triton 3.9 adds that barrier itself, 3.6 does not).
+        # Triton's interpreter runs programs one at a time, so only the GPU tests can catch a fault in this order.
         tl.debug_barrier()
         arrived = tl.atomic_add(ARRIVALS + off_bh, 1, sem="release")
         if arrived == last // split_slots:  # the splits holding slots 0..last, counting from 0
             tl.atomic_xchg(ARRIVALS + off_bh, 0, sem="acquire")
+            tl.debug_barrier()
             _decode_merge(PART_ACC, PART_M, PART_L, O + off_b * stride_ob + off_h * stride_oh,
                           off_bh * N_SPLITS, last // split_slots + 1, HEAD_DIM, MERGE_CHUNK)
 

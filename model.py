@@ -253,11 +253,12 @@ class KVCache:
         return self.k[:, :, :end], self.v[:, :, :end]
 
 
-def _decode_step(model, token, caches, position):
+def _decode_step(model, token, caches, position, greedy=False):
+    """Logits (B, 1, vocab), and with greedy the argmax (B, 1) too. Taken inside the step, the argmax is recorded in
+    the graph: that saved 5-8 us a token against an argmax launched after it (H100, BENCHMARKS.md, seventh
+    session). Sampling does not need it, and does not pay for it."""
     logits = model(token, kv_caches=caches, start_pos=position)[0]
-    # greedy decoding's next token, taken inside the step: recorded in the graph (and fused by torch.compile) it
-    # costs a few microseconds, where a separate argmax of a (16, 50304) batch took 13 (H100, BENCHMARKS.md)
-    return logits, logits[:, -1].argmax(dim=-1, keepdim=True)
+    return logits, (logits[:, -1].argmax(dim=-1, keepdim=True) if greedy else None)
 
 
 # torch.compile modes for the decoding step. The step is recorded into our own CUDA graphs, so modes that make
@@ -315,13 +316,13 @@ class Decoder:
         self.position = torch.zeros(1, dtype=torch.long, device=weight.device)
         self.step = _compiled_decode_step(compile_mode) if compile else _decode_step
         self.compiled = compile
-        self.graphs = {}  # cache bucket -> (graph, its outputs: logits and greedy next token)
+        self.graphs = {}  # (cache bucket, greedy) -> (graph, its outputs: logits, argmax or None)
 
     def prefill(self, idx):
         """Logits of the last position of the prompts idx (B, T), whose keys and values fill slots 0..T-1."""
         return self.model(idx, kv_caches=self.caches, start_pos=0, last_logits_only=True)[0]
 
-    def _record(self, length):
+    def _record(self, length, greedy):
         caches = [cache.prefix(length) for cache in self.caches]
         device = self.token.device
         # one eager run first, on a side stream as CUDA graph capture requires (it sets up cuBLAS workspaces, and
@@ -333,24 +334,24 @@ class Decoder:
                 torch._dynamo.mark_dynamic(cache.k, 2)
                 torch._dynamo.mark_dynamic(cache.v, 2)
         with torch.cuda.stream(side):
-            self.step(self.model, self.token, caches, self.position)
+            self.step(self.model, self.token, caches, self.position, greedy)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            outputs = self.step(self.model, self.token, caches, self.position)
+            outputs = self.step(self.model, self.token, caches, self.position, greedy)
         return graph, outputs
 
-    def __call__(self, token, position):
-        """Logits (B, 1, vocab) and the greedy next token (B, 1) for one new token per row (B, 1) at cache slot
-        `position` (an int). Replayed from a graph, both live in buffers that the next step overwrites."""
+    def __call__(self, token, position, greedy=False):
+        """Logits (B, 1, vocab) for one new token per row (B, 1) at cache slot `position` (an int), and with greedy
+        their argmax (B, 1), else None. Replayed from a graph, both live in buffers that the next step overwrites."""
         if not self.use_graphs:
-            return _decode_step(self.model, token, self.caches, position)
+            return _decode_step(self.model, token, self.caches, position, greedy)
         self.token.copy_(token)
         self.position.fill_(position)
-        length = cache_bucket(position + 1, self.caches[0].k.size(2))
-        if length not in self.graphs:
-            self.graphs[length] = self._record(length)
-        graph, outputs = self.graphs[length]
+        key = (cache_bucket(position + 1, self.caches[0].k.size(2)), greedy)
+        if key not in self.graphs:
+            self.graphs[key] = self._record(*key)
+        graph, outputs = self.graphs[key]
         graph.replay()
         return outputs
 
@@ -475,24 +476,24 @@ class GPT(nn.Module):
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
         cached_len = 0
         for _ in range(max_new_tokens):
-            greedy_token = None  # the decoding step's own argmax, where there is one
+            greedy_token = None  # the decoding step's own argmax, where it made one
             if use_cache and idx.size(1) <= block_size:
                 if cached_len == 0:
                     logits = decoder.prefill(idx)
                 else:
-                    logits, greedy_token = decoder(idx[:, -1:], cached_len)
+                    logits, greedy_token = decoder(idx[:, -1:], cached_len, greedy=temperature == 0)
                 cached_len = idx.size(1)
             else:
                 logits, _ = self(idx[:, -block_size:], last_logits_only=True)
-            if temperature == 0 and greedy_token is not None:
-                next_token = greedy_token
+            if greedy_token is not None:
+                next_token = greedy_token.clone()  # a graph's output, which the next step overwrites
             else:
                 next_token = sample_next_token(logits[:, -1, :], temperature, top_k, top_p, generator)
             if eot_token is not None:
                 next_token = torch.where(finished[:, None], torch.full_like(next_token, eot_token), next_token)
                 finished |= next_token[:, 0] == eot_token
             idx = torch.cat((idx, next_token), dim=1)
-            yield idx[:, -1:]  # not next_token: a graph's output buffer, which the next step overwrites
+            yield next_token
             if eot_token is not None and bool(finished.all()):
                 return
 

@@ -35,5 +35,6 @@ for B in (1, 16):
     if B == 16:
         result, uncached_tokens = bench.measure_generation(bench.ours_generate(model, False), B, config,
                                                            shape["vocab_size"], device)
-        line += f" uncached {result['decode_ms_per_step']:.3f} agree {bench.agreeing_prefix(cached_tokens, uncached_tokens)}"
+        agree = bench.agreeing_prefix(cached_tokens, uncached_tokens)
+        line += f" uncached {result['decode_ms_per_step']:.3f} agree {agree}"
     print(line, flush=True)

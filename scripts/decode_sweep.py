@@ -2,8 +2,9 @@
 
     python scripts/decode_sweep.py
 
-config = (BLOCK_N, tiles per split, num_warps, num_stages); the split kernel (whose last program per row and head
-merges), replayed from a CUDA graph as in a decoding step (do_bench_cudagraph median; timed from Python instead, the launches' host time dominates).
+config = (BLOCK_N, tiles per split, num_warps, num_stages). The split kernel (whose last program per batch row
+and head merges) is replayed from a CUDA graph, as in a decoding step: do_bench_cudagraph median; timed from
+Python instead, the launches' host time dominates.
 Each config is checked against the default.
 """
 import os

@@ -24,6 +24,15 @@ for stage in "$@"; do
     inference) timeout 300 python3 bench.py --mode=inference --transformers_compare=False --json="$OUT/inference.json" > "$OUT/inference.log" 2>&1; tail -14 "$OUT/inference.log" ;;
     inference_hf) timeout 420 python3 bench.py --mode=inference --json="$OUT/inference_hf.json" > "$OUT/inference_hf.log" 2>&1; tail -24 "$OUT/inference_hf.log" ;;
     profile) for args in "--batch=16" "--batch=1"; do echo "== $args"; timeout 200 python3 scripts/decode_profile.py --steps=50 $args > "$OUT/profile.log" 2>&1; grep -A24 "wall time per step" "$OUT/profile.log"; done ;;
+    # the backward's halves chosen by two flags now: its tests, and the split script on the current launcher
+    bsplit) timeout 200 python3 scripts/backward_split.py > "$OUT/backward_split.log" 2>&1; grep -E "shape|best|failed|round" "$OUT/backward_split.log" ;;
+    # the README's GPU walkthrough: tinyshakespeare at character level, the full config, then sample and eval
+    walkthrough) python3 prepare.py --input=.gpu_data/input.txt --tokenizer=char --out_dir=data/tinyshakespeare_char > "$OUT/walkthrough.log" 2>&1
+          start=$(date +%s)
+          timeout 330 python3 train.py config/train_shakespeare_char.py >> "$OUT/walkthrough.log" 2>&1; echo "train rc $? in $(( $(date +%s) - start )) s" >> "$OUT/walkthrough.log"
+          timeout 60 python3 sample.py --model=out-shakespeare-char --start="ROMEO:" --num_samples=1 --max_new_tokens=300 > "$OUT/sample.log" 2>&1; echo "sample rc $?" >> "$OUT/walkthrough.log"
+          timeout 120 python3 eval.py --model=out-shakespeare-char --report_dir="$OUT/eval" > "$OUT/eval.log" 2>&1; echo "eval rc $?" >> "$OUT/walkthrough.log"
+          grep -E "^step [0-9]+: train loss|rc |error" "$OUT/walkthrough.log"; cat "$OUT/sample.log"; tail -15 "$OUT/eval.log" ;;
     train) timeout 420 python3 bench.py --mode=train --compare=True --batch_sizes=64,128 --json="$OUT/train.json" > "$OUT/train.log" 2>&1; tail -16 "$OUT/train.log" ;;
   esac
 done

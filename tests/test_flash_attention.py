@@ -385,8 +385,9 @@ def check_decode(B, H, L, D, positions, dtype, device=DEVICE, max_len=None, conf
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 @pytest.mark.parametrize("L,D", [(1, 16), (64, 32), (150, 64), (256, 128)])
 def test_decode_matches_float64(L, D, dtype):
-    # positions: the first slot, both sides of a tile boundary (64 slots), the last slot
-    positions = sorted({0, min(63, L - 1), min(64, L - 1), L - 1})
+    # positions: the first slot, both sides of a split boundary, the last slot
+    split = fa._DECODE_CONFIG[0] * fa._DECODE_CONFIG[1]
+    positions = sorted({0, min(split - 1, L - 1), min(split, L - 1), L - 1})
     check_decode(2, 3, L, D, positions, dtype)
 
 
@@ -457,6 +458,14 @@ def test_decode_caches_of_different_layouts():
     expected_k[:, :, position], expected_v[:, :, position] = k[:, :, 0], v[:, :, 0]
     out = fa.flash_decode(q, k, v, k_cache, v_cache, torch.tensor([position], device=DEVICE))
     assert_close("decode, mixed layouts", out, decode_reference(q, expected_k, expected_v, position), 1e-5, seed)
+
+
+@needs_gpu
+def test_gpu_decode_programs_hand_over_at_random_positions():
+    # A call's programs hand their partial results to the last one to finish (a counter and memory ordering). The
+    # interpreter runs programs one at a time, in order, so only a GPU can get that wrong: many calls, many splits.
+    positions = torch.randint(0, 1024, (100,), generator=torch.Generator().manual_seed(0)).tolist()
+    check_decode(16, 12, 1024, 64, positions, torch.bfloat16, device="cuda")
 
 
 @needs_gpu

@@ -237,13 +237,18 @@ def test_cuda_graph_decoding_matches_eager(batch_size, compile, compile_mode, at
     decoder = Decoder(model, batch_size, compile=compile, compile_mode=compile_mode)
     graphed = torch.cat(list(model.generate(prompt, 60, temperature=0.0, decoder=decoder)), dim=1)
     eager = torch.cat(list(model.generate(prompt, 60, temperature=0.0, cuda_graph=False)), dim=1)
-    assert torch.equal(graphed, eager) and sorted(decoder.graphs) == [256, 300]
+    assert torch.equal(graphed, eager) and sorted(decoder.graphs) == [(256, True), (300, True)]
     # a second call reuses the recorded graphs, over a cache that still holds the first call's keys and values
-    graphs = {length: graph for length, (graph, _) in decoder.graphs.items()}
+    graphs = {key: graph for key, (graph, _) in decoder.graphs.items()}
     prompt = torch.randint(0, 97, (batch_size, 250), device="cuda")
     graphed = torch.cat(list(model.generate(prompt, 50, temperature=0.0, decoder=decoder)), dim=1)
     eager = torch.cat(list(model.generate(prompt, 50, temperature=0.0, cuda_graph=False)), dim=1)
-    assert torch.equal(graphed, eager) and {length: graph for length, (graph, _) in decoder.graphs.items()} == graphs
+    assert torch.equal(graphed, eager) and {key: graph for key, (graph, _) in decoder.graphs.items()} == graphs
+    # sampling records graphs of its own, without the argmax, and draws what eager sampling draws
+    sampled = [torch.cat(list(model.generate(prompt, 20, temperature=1.0, cuda_graph=graph, decoder=use,
+                                             generator=torch.Generator("cuda").manual_seed(7))), dim=1)
+               for graph, use in ((True, decoder), (False, None))]
+    assert torch.equal(*sampled) and (256, False) in decoder.graphs and (300, False) in decoder.graphs
 
 
 def test_generate_rejects_compile_modes_that_make_their_own_graphs():
