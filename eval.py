@@ -564,6 +564,15 @@ def plot_curves(metrics, path, kind=None, title="", marker=None):
     """loss_curves.png: train/val loss per step, plus HellaSwag if the run logged it; published
     reference lines only where they apply to this model's data and metric. `marker` = (step, loss,
     label) adds eval.py's own full-context loss of the checkpoint."""
+    fig = curves_figure(metrics, kind, title, marker)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
+
+
+def _short_source(ref):
+    return ref["source"].split(" (")[0]  # the full source, with its caveats, is in the report's table
+
+
+def curves_figure(metrics, kind=None, title="", marker=None):
     from matplotlib.figure import Figure  # no pyplot: no global backend state, works headless
 
     hellaswag = [(r["step"], r) for r in metrics["eval"] if "hellaswag_acc_norm" in r]
@@ -582,7 +591,7 @@ def plot_curves(metrics, path, kind=None, title="", marker=None):
         ax.plot([marker[0]], [marker[1]], "*", color="tab:red", markersize=12, label=marker[2])
     for ref, style in zip(applicable_references("loss", kind).values(), ("--", ":")):
         ax.axhline(ref["value"], color="gray", linestyle=style, linewidth=1,
-                   label=f"{ref['model']}: {ref['value']:g} ({ref['source']})")
+                   label=f"{ref['model']}: {ref['value']:g} ({_short_source(ref)})")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats / token)")
     ax.set_title(title or "loss")
@@ -599,13 +608,13 @@ def plot_curves(metrics, path, kind=None, title="", marker=None):
         refs = [REFERENCES[k] for k in ("hellaswag_chance", "hellaswag_gpt2_acc_norm", "hellaswag_gpt3_acc_norm")]
         for ref, style in zip(refs, (":", "--", "-.")):
             ax.axhline(ref["value"], color="gray", linestyle=style, linewidth=1,
-                       label=f"{ref['model']} acc_norm {ref['value']:g} ({ref['source'].split(' (')[0]})")
+                       label=f"{ref['model']} acc_norm {ref['value']:g} ({_short_source(ref)})")
         ax.set_xlabel("step")
         ax.set_ylabel("HellaSwag accuracy (subset logged by train.py)")
         ax.set_title("HellaSwag during training")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    atomic_write(path, lambda f: fig.savefig(f, dpi=120, format="png"))
+    return fig
 
 
 def _write_atomic(path, text):

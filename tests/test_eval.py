@@ -356,6 +356,28 @@ def test_reference_lines_only_where_they_apply():
     assert {r["value"] for r in ev.applicable_references("hellaswag").values()} >= {0.25, 0.2955, 0.3114, 0.337}
 
 
+@pytest.mark.parametrize("kind,hellaswag", [("shakespeare_char", False), ("openwebtext", True)])
+def test_curves_legends_fit_inside_the_figure(kind, hellaswag):
+    # the longest labels: published reference lines and eval.py's marker (a legend wider than its axes used to run
+    # off the left edge of loss_curves.png)
+    steps = range(0, 5001, 250)
+    evals = [dict(step=s, train_loss=4 - s / 2000, val_loss=4.2 - s / 2500,
+                  **({"hellaswag_acc_norm": 0.25 + s / 1e5, "hellaswag_acc": 0.25} if hellaswag else {}))
+             for s in steps]
+    metrics = {"train": [{"step": s, "loss": 4 - s / 2000} for s in range(5001)], "eval": evals, "config": {}}
+    fig = ev.curves_figure(metrics, kind, title="out-shakespeare-char: loss",
+                           marker=(1500, 1.4553, "eval.py val loss, full context: 1.4553"))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    renderer = FigureCanvasAgg(fig).get_renderer()  # the PNG writer's canvas
+    fig.draw(renderer)  # lays out (constrained layout) as savefig does
+    legends = [ax.get_legend() for ax in fig.axes]
+    assert len(legends) == (2 if hellaswag else 1) and all(legend is not None for legend in legends)
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1, \
+            (box, fig.bbox)
+
+
 # -----------------------------------------------------------------------------
 # bad input: one line, non-zero exit
 
