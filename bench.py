@@ -846,8 +846,9 @@ def bench_inference(config, device, dtype, results):
                            ("transformers (eager)", "vs_transformers_eager")):
             if cached is not None and other in outputs:
                 ratio[key] = rates["ours (KV cache)"] / rates[other]
-                # greedy decoding of the same weights: how many leading tokens come out identical (in bf16 a near
-                # tie can flip an argmax, so a divergence late in 500 tokens is noise, one at token 0 is a bug)
+                # greedy decoding of the same weights: how many leading tokens come out identical in every row. In
+                # bf16 a near tie can flip an argmax, so a late divergence is noise; at batch 16 one row's near tie
+                # can make it 0 (BENCHMARKS.md, fifth session), while 0 at batch 1 would point to a bug.
                 ratio[key + "_same_tokens"] = agreeing_prefix(cached, outputs[other])
         ratios.append(ratio)
     folder.cleanup()

@@ -6,7 +6,7 @@ A script keeps its defaults as plain module-level values and, under `__main__`, 
 
 Each argument is either a config file (`config/train_shakespeare_char.py`: plain Python whose
 top-level assignments override defaults) or a flag `--key=value`. Later arguments win.
-Values are parsed with `ast.literal_eval`, so `--lr=3e-4`, `--compile=False` and
+Values are parsed with `ast.literal_eval`, so `--learning_rate=3e-4`, `--compile=False` and
 `--out_dir=out-small` all work (a value that is not a Python literal is taken as a string).
 
 Unlike nanoGPT's exec-into-globals, mistakes fail loudly: an unknown key names the closest

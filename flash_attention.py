@@ -381,8 +381,9 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, Delta, qk_scale, sm_scale,
 # ((BLOCK_M1, BLOCK_N1, num_warps, num_stages), (BLOCK_M2, BLOCK_N2, num_warps, num_stages)) for two kernels.
 
 _GPU_CONFIGS = {
-    # fp16/bf16, by head dim. For D=128 the backward needs 8 warps to keep its two BLOCK_N1 x D fp32 accumulators
-    # (dK, dV) in registers: with 4 warps ptxas spills them to local memory.
+    # fp16/bf16, by head dim. At D=128 the backward's two BLOCK_N1 x D fp32 accumulators (dK, dV) crowd the
+    # registers: with 4 warps ptxas spills them, and even the 8-warp one-kernel backward spilled 44 bytes on the H100
+    # (BENCHMARKS.md, fourth session), which is why D=128 runs the halves as two kernels.
     16: {"fwd": (64, 64, 4, 3, 32), "bwd": (16, 64, 64, 64, 4, 3)},
     32: {"fwd": (64, 64, 4, 3, 32), "bwd": (16, 64, 64, 64, 4, 3)},
     64: {"fwd": (64, 64, 4, 3, 32), "bwd": (16, 64, 64, 64, 4, 3)},
@@ -620,16 +621,17 @@ def flash_attention(q, k, v, causal=True, softmax_scale=None):
 #
 #     out = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s
 #
-# (flash-decoding as published merges in a second kernel; a launch costs about as much as the merge, and a GPT-2
-# step has one per layer). The cache is read once, by many programs at a time, which is all a memory-bound step can
-# ask for. One query row makes the products matrix-vector ones, so they are elementwise products and sums here, not
-# tl.dot.
+# (flash-decoding as published merges in a second kernel, one launch per layer of a GPT-2 step; merged here, with
+# the config below, the attention of a batch-16 step took 14.1 us a layer instead of 14.7: BENCHMARKS.md, seventh
+# session). The cache is read once, by many programs at a time, which is all a memory-bound step can ask for. One
+# query row makes the products matrix-vector ones, so they are elementwise products and sums here, not tl.dot.
 
 # (BLOCK_N, tiles per split, num_warps, num_stages): 128-slot splits, one tile each. Timed alone on an H100 (seventh
 # session, as scripts/decode_sweep.py times them) against the sixth session's 64-slot splits and separate merge
 # kernel, per layer: 14.1 against 14.7 us at batch 16 over 400 slots, 26.0 against 27.4 over 1,000, 4.7 against 5.0
-# at batch 1, 66 against 66 at batch 64. With 64-slot splits the merged-in kernel was slower at batch 16 (15.9 us):
-# every program pays for making its stores visible before it counts itself in, so fewer programs pay off.
+# at batch 1, 66 against 66 at batch 64 (before the barrier after the acquire, which with the greedy token's copy
+# cost 2-4 us a step). With 64-slot splits the merged-in kernel was slower at batch 16 (15.9 us): every program
+# pays for making its stores visible before it counts itself in, so fewer programs pay off.
 _DECODE_CONFIG = (128, 1, 4, 1)
 _DECODE_MERGE_CHUNK = 8  # partial results the merge loads at a time
 
@@ -768,7 +770,8 @@ def _decode(q, k, v, k_cache, v_cache, position, arrivals, config=None):
 
 # One op both stores the new key/value and attends. Were the store a separate torch op, torch.compile would hand this
 # op a functional copy of each updated cache, i.e. copy both caches in full for every layer and step: a batch-16
-# GPT-2 step took 1.17 ms that way instead of about 0.7 (H100, BENCHMARKS.md, fifth session). An op that declares
+# GPT-2 step took 0.89 ms that way (1.17 with max-autotune) against 0.67 without the copies (H100, BENCHMARKS.md,
+# fifth session). An op that declares
 # the caches mutated is given the caches themselves. The store happens inside the kernel, which also saves two
 # small copy kernels per layer.
 @torch.library.custom_op("gpt::flash_decode", mutates_args=("k_cache", "v_cache", "arrivals"))

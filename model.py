@@ -226,7 +226,8 @@ class KVCache:
     def attend(self, q, k, v, start_pos, mode):
         """Store the new keys and values k, v (B, H, T, D) at positions start_pos.. and return the attention of the
         new queries q over everything cached so far. With mode 'triton' (or 'auto' on CUDA) a decoding step (T=1)
-        runs our flash-decoding kernel, which stores and attends in one op; otherwise plain math."""
+        runs our flash-decoding kernel, which stores and attends in one op; a prefill (start_pos 0) runs `attend`;
+        anything else, plain math."""
         if resolve_attention(mode, q.device) == "triton" and q.size(2) == 1:
             from flash_attention import decode_supported, flash_decode
             if decode_supported(q, self.k):
@@ -276,19 +277,22 @@ def check_decode_compile_mode(mode, name="compile_mode"):
 
 @functools.cache
 def _compiled_decode_step(mode="default"):
-    # torch.compile fuses each layer's small operations (layer norms, GELU, residual adds, the attention over the
-    # cache) into a few kernels, and a replayed step costs about as much as the kernels in it. Compiled on first use,
-    # once per model and batch size with the cache length symbolic (Decoder marks it), and once more for a
-    # bucket that spans the whole buffer; each graph records the compiled kernels like any others. Made on first
-    # call, not at import: torch.compile imports torch._dynamo, a second of start-up every user would pay.
+    # torch.compile fuses each layer's small operations (layer norms, GELU, residual adds, and with the plain-math
+    # attention the attention over the cache; flash_decode is one opaque op either way) into a few kernels, and a
+    # replayed step costs about as much as the kernels in it. Compiled on first use, once per model, batch size and
+    # greedy or not, with the cache length symbolic (Decoder marks it), and once more for a bucket that spans the
+    # whole buffer; each graph records the compiled kernels like any others. Made on first call, not at import:
+    # torch.compile imports torch._dynamo, a second of start-up every user would pay.
     return torch.compile(_decode_step, mode=mode)
 
 
 def cache_bucket(length, max_len, bucket=256):
     """How many cache slots a decoding step attends over: `length` rounded up to a multiple of `bucket`, at most
-    max_len. A graph per bucket instead of one over all max_len slots: 500 tokens after a 16-token prompt read on
-    average about 390 slots of a 1024-slot cache instead of 1024, and record three graphs where powers of two would
-    record six (each recording is an extra eager step plus a capture, paid once per Decoder)."""
+    max_len. A graph per bucket instead of one over all max_len slots: with the plain-math attention, 500 tokens
+    after a 16-token prompt read on average about 390 slots of a 1024-slot cache instead of 1024 (flash_decode skips
+    the slots past the position anyway, so there the bucket only sizes its grid), and they record three graphs
+    where powers of two would record six (each recording is an extra eager step plus a capture, paid once per
+    Decoder and greedy or not)."""
     return min(max_len, -(-length // bucket) * bucket)
 
 
@@ -297,11 +301,12 @@ class Decoder:
     same Decoder to several `GPT.generate` calls (sample.py does, one per sample) to reuse both: the cache is simply
     overwritten, and a graph, once recorded, serves every later call.
 
-    At batch 1 a GPT-2 small step is a few hundred tiny kernels; launching them one at a time from Python takes
-    longer than running them. A replay launches all of them at once. A graph replays fixed shapes, so the inputs live
-    in fixed buffers (`token`, `position`) that each step overwrites, and each graph attends over a fixed number of
-    cache slots (masking those past the position): one graph per `cache_bucket`, recorded when first needed, at the
-    price of an extra eager step and a capture. With cuda_graph=False, or on a CPU, steps run eagerly.
+    At batch 1 a GPT-2 small step is over a hundred tiny kernels (114 compiled: BENCHMARKS.md, seventh session);
+    launching them one at a time from Python takes longer than running them. A replay launches all of them at once.
+    A graph replays fixed shapes, so the inputs live in fixed buffers (`token`, `position`) that each step
+    overwrites, and each graph attends over a fixed number of cache slots (masking those past the position): one
+    graph per `cache_bucket` and greedy or not, recorded when first needed, at the price of an extra eager step and
+    a capture. With cuda_graph=False, or on a CPU, steps run eagerly.
     """
 
     def __init__(self, model, batch_size, cuda_graph=True, compile=False, compile_mode="default"):
@@ -588,7 +593,7 @@ class GPT(nn.Module):
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * seq_len
 
 
-FUSED_LOSS_CHUNK_ROWS = 4096  # rows of logits alive at once: 4096 x 50304 in bf16 is 0.4 GB
+FUSED_LOSS_CHUNK_ROWS = 4096  # rows of logits alive at once: 4096 x 50304 is 0.8 GB in fp32, a few such at once
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):

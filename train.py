@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from configurator import config_from_globals
 
 # -----------------------------------------------------------------------------
-# config defaults: GPT-2 124M's shape and optimizer (config/train_gpt2.py adds its data and 8-GPU batch);
+# config defaults: GPT-2 124M's shape, batch and optimizer (config/train_gpt2.py adds its data and schedule);
 # config/*.py files and --key=value flags override them
 # I/O
 out_dir = "out"
@@ -420,7 +420,7 @@ def train(config):
     raw_model = model
     if config["compile"]:
         if master:
-            print("compiling the model (takes a minute)...")
+            print("compiling the model (the first step waits for it)...")
         model = torch.compile(model)
     if world_size > 1 and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP

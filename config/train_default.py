@@ -25,6 +25,6 @@ min_lr = 2e-4
 beta2 = 0.99
 warmup_iters = 100
 
-device = "cpu"  # small enough that a GPU's launch overhead would dominate; pass --device=cuda to try
+device = "cpu"  # the README's first run, on any machine; --device=cuda runs it on a GPU
 dtype = "float32"
-compile = False  # compiling takes longer than this whole run on a CPU
+compile = False  # the README's timings are without it; --compile=True to try it

@@ -55,7 +55,6 @@ for name, fn in [("fwd kernel", fwd_only), ("bwd kernels", bwd_only), ("fwd+bwd 
                  ("compiled custom op", compiled_fn), ("sdpa cudnn", sdpa_cudnn)]:
     fn(); torch.cuda.synchronize()
     ms = do_bench(fn, warmup=25, rep=200, grad_to_none=[q, k, v], return_mode="median")
-    ms_noflush = do_bench(fn, warmup=25, rep=200, grad_to_none=[q, k, v], return_mode="median")
     # host time per call: enqueue 50 calls without waiting; if host-bound, wall ~= host time
     torch.cuda.synchronize(); t0 = time.perf_counter()
     for _ in range(50):

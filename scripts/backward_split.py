@@ -1,4 +1,5 @@
-"""The backward's two halves (dK/dV and dQ) as one kernel, as now, or as two kernels with their own tile configs.
+"""The backward's two halves (dK/dV and dQ) as one kernel (D=64's default) or as two kernels with their own tile
+configs (D=128's default since the fifth session, when this script chose it).
 
     python scripts/backward_split.py
 

@@ -1,4 +1,4 @@
-"""Launch configs of flash_attention's decoding kernels, timed alone on one GPU (bf16, GPT-2's 12 heads of 64).
+"""Launch configs of flash_attention's decoding kernel, timed alone on one GPU (bf16, GPT-2's 12 heads of 64).
 
     python scripts/decode_sweep.py
 
