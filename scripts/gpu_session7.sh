@@ -14,13 +14,23 @@ for stage in "$@"; do
     dtests) timeout 240 python3 -m pytest tests/test_flash_attention.py tests/test_model.py -q -x -k "decode or cuda_graph or decoder" > "$OUT/dtests.log" 2>&1; tail -4 "$OUT/dtests.log" ;;
     mtests) timeout 240 python3 -m pytest tests/test_model.py -q > "$OUT/mtests.log" 2>&1; tail -4 "$OUT/mtests.log" ;;
     fatests) timeout 240 python3 -m pytest tests/test_flash_attention.py -q > "$OUT/fatests.log" 2>&1; tail -4 "$OUT/fatests.log" ;;
-    # A/B of decoding, interleaved: ab/old (an export of the sixth session's last commit, 5a4b11e) and this tree,
+    # A/B of decoding, interleaved: ab/old (in calls 1, 3 and 6 an export of the sixth session's last commit, 5a4b11e) and this tree,
     # timed by scripts/decode_ab.py; ab/ is git-ignored, so the device call carries it
     abdecode) for round in 1 2; do
           for tree in ab/old .; do
             timeout 120 python3 scripts/decode_ab.py "$tree" 2>&1 | grep -E "ms/step|Error|error" | tee -a "$OUT/abdecode.log"
           done
         done ;;
+    # A/B of the attention kernels, interleaved: ab/old (an export of this tree's commit) against ab/nodelta (the
+    # backward computing delta from O and dO tiles itself, no preprocess kernel); ab/ is git-ignored, so carried
+    abattn) for round in 1 2; do
+          for tree in ab/old ab/nodelta; do
+            (cd "$tree" && timeout 150 python3 bench.py --mode=attention --json="$OUT/attention_$(basename $tree)_$round.json" \
+              > "$OUT/attention_$(basename $tree)_$round.log" 2>&1)
+            echo "== $tree round $round"; grep -E "^16x12|^4x16" "$OUT/attention_$(basename $tree)_$round.log" | grep -E "ours|cudnn"
+          done
+        done
+        (cd ab/nodelta && timeout 200 python3 -m pytest tests/test_flash_attention.py -q -x > "$OUT/nodelta_tests.log" 2>&1; tail -2 "$OUT/nodelta_tests.log") ;;
     inference) timeout 300 python3 bench.py --mode=inference --transformers_compare=False --json="$OUT/inference.json" > "$OUT/inference.log" 2>&1; tail -14 "$OUT/inference.log" ;;
     inference_hf) timeout 420 python3 bench.py --mode=inference --json="$OUT/inference_hf.json" > "$OUT/inference_hf.log" 2>&1; tail -24 "$OUT/inference_hf.log" ;;
     profile) for args in "--batch=16" "--batch=1"; do echo "== $args"; timeout 200 python3 scripts/decode_profile.py --steps=50 $args > "$OUT/profile.log" 2>&1; grep -A24 "wall time per step" "$OUT/profile.log"; done ;;
