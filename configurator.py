@@ -7,7 +7,8 @@ A script keeps its defaults as plain module-level values and, under `__main__`, 
 Each argument is either a config file (`config/train_shakespeare_char.py`: plain Python whose
 top-level assignments override defaults) or a flag `--key=value`. Later arguments win.
 Values are parsed with `ast.literal_eval`, so `--learning_rate=3e-4`, `--compile=False` and
-`--out_dir=out-small` all work (a value that is not a Python literal is taken as a string).
+`--out_dir=out-small` all work (a value that is not a Python literal is taken as a string). A text setting takes
+the text as written, even when it reads as a number: `--start=1234` is the prompt "1234".
 
 Unlike nanoGPT's exec-into-globals, mistakes fail loudly: an unknown key names the closest
 valid keys, and a value whose type does not match the default's type is refused.
@@ -84,7 +85,8 @@ def load_config(defaults, argv):
             if "=" not in arg:
                 raise ConfigError(f"flag '{arg}' has no value; write it as {arg}=VALUE")
             key, text = arg[2:].split("=", 1)
-            overrides, source = {key: _parse_value(text)}, f"flag {arg}"
+            value = text if isinstance(defaults.get(key), str) else _parse_value(text)
+            overrides, source = {key: value}, f"flag {arg}"
         else:
             overrides, source = _read_config_file(arg), f"config file {arg}"
         for key, value in overrides.items():

@@ -15,6 +15,7 @@ checkpoints or a Hugging Face GPT-2 folder with `--init_from=PATH`; distill from
 import json
 import math
 import os
+import re
 import sys
 import time
 from contextlib import nullcontext
@@ -96,8 +97,12 @@ def setup_distributed(device):
 def resolve_device_and_dtype(device, dtype):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise SystemExit(f"error: device must be auto, cpu, cuda or cuda:N, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("error: device=cuda but no CUDA GPU is visible; use --device=cpu")
+    if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise SystemExit(f"error: device={device} but only {torch.cuda.device_count()} GPU(s) are visible")
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
     if dtype not in ("float32", "bfloat16", "float16"):
@@ -292,6 +297,9 @@ def build_model(config, meta, device):
         if not os.path.isfile(path):
             raise SystemExit(f"error: init_from=resume but {path} does not exist; train first or use init_from=scratch")
         checkpoint = load_checkpoint(path)
+        if checkpoint["tokenizer"] != meta["tokenizer"]:
+            raise SystemExit(f"error: {path} was trained on tokenizer {checkpoint['tokenizer']} but {config['data_dir']} "
+                             f"was prepared with {meta['tokenizer']}; resume on the data it was trained on")
         return model_from_checkpoint(checkpoint, config["attention"]), checkpoint
     # fine-tuning: weights (and architecture) from a checkpoint or a Hugging Face folder
     if not os.path.exists(init_from):
@@ -339,6 +347,12 @@ def train(config):
         raise SystemExit(f"error: gradient_accumulation_steps={config['gradient_accumulation_steps']} must be divisible "
                          f"by the number of processes ({world_size})")
     local_accum = config["gradient_accumulation_steps"] // world_size
+    if config["eval_only"] and config["init_from"] == "scratch":
+        raise SystemExit("error: eval_only=True evaluates a trained model; pass --init_from=resume (this out_dir's "
+                         "last.pt) or --init_from=PATH")
+    if config["teacher"] and not (0 <= config["distill_weight"] <= 1 and config["distill_temperature"] > 0):
+        raise SystemExit(f"error: distillation needs 0 <= distill_weight <= 1 and distill_temperature > 0, got "
+                         f"{config['distill_weight']} and {config['distill_temperature']}")
     if config["parallel"] not in ("ddp", "fsdp"):
         raise SystemExit(f"error: parallel must be 'ddp' or 'fsdp', got {config['parallel']!r}")
     fsdp = config["parallel"] == "fsdp" and world_size > 1
@@ -351,15 +365,9 @@ def train(config):
     if existing and new_run and not config["overwrite"]:
         raise SystemExit(f"error: {config['out_dir']} already holds {' and '.join(existing)} from an earlier run; "
                          f"continue it with --init_from=resume, pick another --out_dir, or pass --overwrite=True")
+    if os.path.exists(config["out_dir"]) and not os.path.isdir(config["out_dir"]):
+        raise SystemExit(f"error: out_dir {config['out_dir']} is a file; pick another --out_dir")
     if master:
-        os.makedirs(config["out_dir"], exist_ok=True)
-        for name in os.listdir(config["out_dir"]):
-            # a temp file left by a run killed mid-write; and with --overwrite the earlier run's files, or its best.pt
-            # (which sample.py and eval.py load first) and its metrics would outlive this run's
-            left_by_a_kill = name.startswith(("last.pt.tmp.", "best.pt.tmp."))
-            overwritten = new_run and config["overwrite"] and name in ("last.pt", "best.pt", "metrics.jsonl")
-            if left_by_a_kill or overwritten:
-                os.remove(os.path.join(config["out_dir"], name))
         print(format_config(config))
         print(f"tokens per step: {tokens_per_step:,} ({world_size} processes x {local_accum} micro-batches x "
               f"{config['batch_size']} x {config['block_size']})")
@@ -367,6 +375,14 @@ def train(config):
     meta = read_meta(config["data_dir"])
     torch.manual_seed(config["seed"])  # same initial weights on every process
     model, checkpoint = build_model(config, meta, device)
+    if config["init_from"] != "scratch":  # the shape is the checkpoint's: say so, and record what really runs
+        shape = {key: getattr(model.config, key) for key in ("n_layer", "n_head", "n_embd", "bias")}
+        ignored = {key: config[key] for key in shape if config[key] != shape[key]}
+        if ignored and master:
+            print(f"warning: the model's shape comes from {config['init_from']}: "
+                  f"{', '.join(f'{key}={shape[key]}' for key in ignored)}, not this run's "
+                  f"{', '.join(f'{key}={value}' for key, value in ignored.items())}")
+        config = {**config, **shape}
     set_training_options(model, config, device)
     if checkpoint is not None and any(checkpoint["config"][key] != config[key] for key in (
             "gradient_accumulation_steps", "batch_size", "block_size")):
@@ -399,6 +415,13 @@ def train(config):
         if checkpoint["scaler"] is not None:
             scaler.load_state_dict(checkpoint["scaler"])
         step, best_val_loss = checkpoint["step"], checkpoint["best_val_loss"]
+        if step >= config["max_iters"] and not config["eval_only"]:
+            if master:
+                print(f"nothing to do: {config['out_dir']} is already at step {step} (max_iters={config['max_iters']});"
+                      f" raise --max_iters to train further")
+            if world_size > 1:
+                torch.distributed.destroy_process_group()
+            return []
         train_sampler.generator.set_state(checkpoint["data_generator"])
         if checkpoint["world_size"] == world_size:
             set_rng_state(checkpoint["rng_states"][rank], device)
@@ -434,6 +457,15 @@ def train(config):
         hellaswag_items = load_hellaswag(config["hellaswag_path"], limit=config["hellaswag_limit"])
         hellaswag_requests(hellaswag_items, tokenizer)  # a vocabulary that cannot spell the items fails here, not mid-run
 
+    if master:  # every check has passed: only now may this run touch out_dir
+        os.makedirs(config["out_dir"], exist_ok=True)
+        for name in os.listdir(config["out_dir"]):
+            # a temp file left by a run killed mid-write; and with --overwrite the earlier run's files, or its best.pt
+            # (which sample.py and eval.py load first) and its metrics would outlive this run's
+            left_by_a_kill = name.startswith(("last.pt.tmp.", "best.pt.tmp."))
+            overwritten = new_run and config["overwrite"] and name in ("last.pt", "best.pt", "metrics.jsonl")
+            if left_by_a_kill or overwritten:
+                os.remove(os.path.join(config["out_dir"], name))
     metrics_file = open(os.path.join(config["out_dir"], "metrics.jsonl"), "a", buffering=1) if master else None
 
     def log_metrics(record):

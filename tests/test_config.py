@@ -23,6 +23,11 @@ def test_bare_words_are_strings():
     assert load_config(DEFAULTS, ["--out_dir=runs/a-b", "--init_from=resume"])["out_dir"] == "runs/a-b"
 
 
+def test_text_settings_keep_text_that_reads_as_a_literal():
+    config = load_config(DEFAULTS, ["--out_dir=2024", "--init_from=True", "--batch_size=3"])
+    assert (config["out_dir"], config["init_from"], config["batch_size"]) == ("2024", "True", 3)
+
+
 def test_unknown_key_names_the_closest():
     with pytest.raises(ConfigError, match="unknown config key 'batchsize'.*batch_size"):
         load_config(DEFAULTS, ["--batchsize=3"])

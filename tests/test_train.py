@@ -298,3 +298,46 @@ def test_fused_loss_and_fp8_follow_the_plain_run(char_data_dir, tmp_path):
         assert abs(losses["fp8"][step] - loss) < 0.1  # 8-bit inputs to the products: close, not equal
     assert max(abs(losses["fp8"][step] - loss) for step, loss in losses["plain"].items()) > 1e-5  # fp8 was on
     assert load_checkpoint(os.path.join(tmp_path / "fp8", "last.pt"))["model_args"]["fp8"] is True
+
+
+def test_overwrite_keeps_the_earlier_run_until_the_new_one_passes_its_checks(char_data_dir, tmp_path):
+    run_script(train_flags(char_data_dir, tmp_path, "--max_iters=2", "--eval_interval=2"))
+    names = ("last.pt", "best.pt", "metrics.jsonl")
+    before = {name: (tmp_path / name).read_bytes() for name in names}
+    for bad in (["--n_head=3"], [f"--data_dir={tmp_path / 'missing'}"], [f"--init_from={tmp_path / 'nothing.pt'}"]):
+        result = run_script(train_flags(char_data_dir, tmp_path, "--overwrite=True", *bad), check=False)
+        assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith("error:"), result.stderr
+        assert {name: (tmp_path / name).read_bytes() for name in names} == before, bad
+
+
+def test_resume_checks_the_data_and_keeps_the_checkpoints_shape(char_data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    run_script(train_flags(char_data_dir, run_dir, "--max_iters=2", "--eval_interval=2"))
+    # data in another character vocabulary: the token ids would mean other characters
+    (tmp_path / "other.txt").write_text("abc cab bca " * 2000, encoding="utf-8")
+    run_script(["prepare.py", f"--input={tmp_path / 'other.txt'}", "--tokenizer=char", f"--out_dir={tmp_path / 'other'}"])
+    before = (run_dir / "last.pt").read_bytes()
+    result = run_script(train_flags(tmp_path / "other", run_dir, "--init_from=resume", "--max_iters=4"), check=False)
+    assert result.returncode != 0 and "was trained on tokenizer" in result.stderr.strip().splitlines()[-1]
+    assert (run_dir / "last.pt").read_bytes() == before
+    # already at max_iters: says so instead of doing nothing silently
+    result = run_script(train_flags(char_data_dir, run_dir, "--init_from=resume", "--max_iters=2"))
+    assert "nothing to do: " in result.stdout and (run_dir / "last.pt").read_bytes() == before
+    # a shape flag cannot change a resumed model: a warning, and the checkpoint records the shape that really ran
+    result = run_script(train_flags(char_data_dir, run_dir, "--init_from=resume", "--max_iters=4", "--n_layer=3",
+                                    "--eval_interval=4"))
+    assert "warning: the model's shape comes from resume: n_layer=2, not this run's n_layer=3" in result.stdout
+    checkpoint = load_checkpoint(str(run_dir / "last.pt"))
+    assert checkpoint["step"] == 4 and checkpoint["config"]["n_layer"] == checkpoint["model_args"]["n_layer"] == 2
+
+
+def test_settings_that_cannot_work_are_refused(char_data_dir, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    for flags, message in (
+            (["--eval_only=True"], "error: eval_only=True evaluates a trained model"),
+            ([f"--teacher={tmp_path}", "--distill_weight=2"], "error: distillation needs 0 <= distill_weight <= 1"),
+            (["--device=mps"], "error: device must be auto, cpu, cuda or cuda:N, got 'mps'"),
+            ([f"--out_dir={tmp_path / 'a-file'}"], "is a file; pick another --out_dir")):
+        result = run_script(train_flags(char_data_dir, tmp_path / "out", *flags), check=False)
+        assert result.returncode != 0 and message in result.stderr.strip().splitlines()[-1], (flags, result.stderr)
+    assert not os.path.exists(tmp_path / "out")  # a run that never started leaves no folder behind
