@@ -564,6 +564,12 @@ def bench_train(config, device, dtype, results):
     return out
 
 
+def train_failed(train):
+    """The variants that measured nothing at any micro-batch (a failed micro-batch beside good ones is fine: the
+    sweep reports the rest); any makes the run exit non-zero, as a section that raised does."""
+    return [name for name in ("run", "baseline", "fast") if name in train and train[name]["best"] is None]
+
+
 def train_headline(train):
     """The measurement a sizing estimate should use: the fast variant's best, else the plain run's or baseline's."""
     for key in ("fast", "run", "baseline"):
@@ -1017,6 +1023,25 @@ def check_config(config):
     as_int_tuple(config["batch_size"], "batch_size")
     if config["batch_sizes"] is not None:
         as_int_tuple(config["batch_sizes"], "batch_sizes")
+    if config["mode"] in ("sizing", "all"):  # the arithmetic divides by gpus and takes logs of the budget
+        if not (isinstance(config["gpus"], int) and config["gpus"] >= 1):
+            raise SystemExit(f"error: gpus must be a whole number >= 1, got {config['gpus']!r}")
+        if not config["days"] > 0:
+            raise SystemExit(f"error: days must be more than 0, got {config['days']!r}")
+        if not 0 <= config["mfu"] <= 1:
+            raise SystemExit(f"error: mfu must be in (0, 1] (0.4 = 40%), or 0 for the measured / assumed one; "
+                             f"got {config['mfu']!r}")
+        for key in ("params", "tokens", "gpu_peak_flops", "tokens_per_sec"):
+            if config[key] < 0:
+                raise SystemExit(f"error: {key} must be 0 (the default's meaning) or more, got {config[key]!r}")
+    if config["json"]:  # now, not after the benchmarks ran: the results would be lost
+        from checkpoint import blocking_file
+        folder = os.path.dirname(config["json"]) or "."
+        if blocking_file(folder):
+            raise SystemExit(f"error: --json={config['json']}: {blocking_file(folder)} is a file, not a folder; "
+                             f"pass a path in a folder")
+        if os.path.isdir(config["json"]):
+            raise SystemExit(f"error: --json={config['json']} is a folder; pass a file path like out/bench.json")
 
 
 def check_generation_lengths(config, block_size):
@@ -1099,6 +1124,8 @@ def main(config):
 
 if __name__ == "__main__":
     from configurator import load_config
-    failed = [name for name, section in main(load_config(DEFAULTS, sys.argv[1:])).items() if "error" in section]
+    results = main(load_config(DEFAULTS, sys.argv[1:]))
+    failed = [name for name, section in results.items() if "error" in section
+              or (name == "train" and train_failed(section))]  # its table says which runs failed, and why
     if failed:  # the other sections' results are printed (and in --json); the exit status still says it failed
         raise SystemExit(f"error: the {', '.join(failed)} benchmark failed (traceback above)")

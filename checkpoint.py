@@ -11,6 +11,7 @@ Export one of our checkpoints as a Hugging Face GPT-2 folder (config.json + mode
     python checkpoint.py --model=out-shakespeare-char --export_hf=hf-shakespeare-char
 """
 
+import json
 import os
 
 import torch
@@ -40,6 +41,15 @@ def atomic_write(path, write):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def blocking_file(folder):
+    """The existing file at `folder` or above it that stops os.makedirs(folder), else None: scripts check this
+    before their work, so that a wrong output path fails in a second and not at the end, losing the results."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):  # False also where a parent is a file
+        path = os.path.dirname(path)
+    return None if os.path.isdir(path) else path
 
 
 def save_checkpoint(state, path):
@@ -99,7 +109,15 @@ def load_model(source, device="cpu", attention="auto"):
     """(model in eval mode on `device`, tokenizer, checkpoint dict or None) from our checkpoint
     or a Hugging Face GPT-2 directory."""
     if os.path.isdir(source) and os.path.isfile(os.path.join(source, "config.json")):
-        model = GPT.from_hf_dir(source, attention=attention)
+        from safetensors import SafetensorError
+        try:
+            model = GPT.from_hf_dir(source, attention=attention)
+        except json.JSONDecodeError as e:  # a ValueError, but its message names no file
+            raise CheckpointError(f"{os.path.join(source, 'config.json')} is not valid JSON ({e}); "
+                                  f"re-export or re-download the folder") from None
+        except SafetensorError as e:  # e.g. a download or copy cut short
+            raise CheckpointError(f"{os.path.join(source, 'model.safetensors')} is unreadable, truncated or corrupt "
+                                  f"({e}); re-export or re-download it") from None
         tokenizer, checkpoint = load_tokenizer({"name": "gpt2"}), None
         if model.config.vocab_size < tokenizer.vocab_size:
             raise CheckpointError(f"{source} has vocab_size {model.config.vocab_size}, but a Hugging Face folder is "
@@ -117,14 +135,28 @@ if __name__ == "__main__":
     import sys
 
     from configurator import load_config
-    config = load_config({"model": "out", "export_hf": ""}, sys.argv[1:])
-    if not config["export_hf"]:
+    config = load_config({
+        "model": "out",  # checkpoint file, out_dir, or Hugging Face GPT-2 folder
+        "export_hf": "",  # write the model here as a Hugging Face GPT-2 folder (config.json + model.safetensors)
+        "overwrite": False,  # replace an earlier export in export_hf (as train.py's --overwrite does for a run)
+    }, sys.argv[1:])
+    folder = config["export_hf"]
+    if not folder:
         raise SystemExit("error: nothing to do; pass --export_hf=FOLDER to write the model as a Hugging Face GPT-2 folder")
+    # checked before loading anything: a typo must not cost an earlier export, nor end in a traceback
+    if blocking_file(folder):
+        raise SystemExit(f"error: --export_hf={folder}: {blocking_file(folder)} is a file, not a folder; pass a new "
+                         f"or existing folder")
+    existing = [name for name in ("config.json", "model.safetensors", "pytorch_model.bin")
+                if os.path.exists(os.path.join(folder, name))]
+    if existing and not config["overwrite"]:
+        raise SystemExit(f"error: {folder} already holds a model ({', '.join(existing)}); pass --overwrite=True to "
+                         f"replace it, or choose another --export_hf folder")
     try:
         model, tokenizer, _ = load_model(config["model"])
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise SystemExit(f"error: {e}") from None
     if tokenizer.name != "gpt2":
         print(f"warning: the model uses the {tokenizer.name} tokenizer; Hugging Face tools will assume GPT-2's")
-    model.export_hf(config["export_hf"])
-    print(f"wrote {config['export_hf']}/config.json and model.safetensors")
+    model.export_hf(folder)
+    print(f"wrote {folder}/config.json and model.safetensors")

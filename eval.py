@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from checkpoint import atomic_write
+from checkpoint import atomic_write, blocking_file
 from configurator import config_from_globals
 
 # -----------------------------------------------------------------------------
@@ -754,6 +754,9 @@ def run(config):
     train_config = (checkpoint or {}).get("config") or {}
     out_dir = os.path.dirname(os.path.abspath(checkpoint_path)) if checkpoint_path else None
     report_dir = config["report_dir"] or out_dir or f"eval-{os.path.basename(os.path.normpath(source))}"
+    if blocking_file(report_dir):  # now, not after the tasks ran: their results would be lost
+        raise EvalError(f"report_dir {report_dir}: {blocking_file(report_dir)} is a file, not a folder; pass a "
+                        f"folder with --report_dir=DIR")
 
     report = {
         "model": source, "model_kind": "huggingface" if is_hf else "checkpoint",
@@ -826,6 +829,9 @@ def main(argv):
         return run(config)
     except EvalError as e:
         raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:  # the report is written last (each file atomically): stopping before it leaves none
+        print("\ninterrupted: no report written", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -548,7 +548,7 @@ class GPT(nn.Module):
 
     def export_hf(self, path):
         """Write this model as a Hugging Face GPT-2 directory (config.json + model.safetensors)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
         c = self.config
         os.makedirs(path, exist_ok=True)
         eot = 50256 if c.vocab_size > 50256 else None
@@ -578,7 +578,8 @@ class GPT(nn.Module):
                     if bias_name not in tensors:
                         out_dim = tensors[name].size(-1) if name.endswith(self._HF_TRANSPOSED) else tensors[name].size(0)
                         tensors[bias_name] = torch.zeros(out_dim)
-        save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(path, "model.safetensors"), "wb") as f:  # not save_file: it makes the file 0600
+            f.write(save(tensors, metadata={"format": "pt"}))
         with open(os.path.join(path, "config.json"), "w") as f:
             json.dump(hf_config, f, indent=2)
 

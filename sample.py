@@ -82,6 +82,9 @@ def main(config):
     try:
         check_decode_compile_mode(config["compile_mode"])
         check_sampling(config["temperature"], config["top_k"], config["top_p"])
+        for key in ("num_samples", "max_new_tokens"):  # negative would print nothing (or the prompt) and "succeed"
+            if config[key] < 0:
+                raise ValueError(f"{key} must be 0 or more, got {config[key]}")
         device, dtype = resolve_device_and_dtype(config["device"], config["dtype"])
         model, tokenizer, _ = load_model(config["model"], device, attention=config["attention"])
         prompt = read_prompt(config["start"])
@@ -104,4 +107,8 @@ def main(config):
 
 if __name__ == "__main__":
     from configurator import load_config
-    main(load_config(DEFAULTS, sys.argv[1:]))
+    try:
+        main(load_config(DEFAULTS, sys.argv[1:]))
+    except KeyboardInterrupt:  # Ctrl-C is how a long stream is stopped: no traceback, the shell's usual status
+        print("\ninterrupted", file=sys.stderr)
+        raise SystemExit(130) from None

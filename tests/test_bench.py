@@ -234,3 +234,39 @@ def test_a_failed_section_fails_the_run(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == "error: the inference benchmark failed (traceback above)"
     assert "must fit in the model's block_size 16" in result.stderr
+
+
+def test_a_train_run_where_nothing_ran_fails():
+    """Every micro-batch failing (here: a forward pass that raises) must not exit 0 behind a 'failed' table."""
+    code = ("import runpy, sys, model\n"
+            "def broken(*args, **kwargs): raise RuntimeError('injected failure')\n"
+            "model.GPT.forward = broken\n"
+            "sys.argv = ['bench.py', *sys.argv[1:]]\n"
+            "runpy.run_path('bench.py', run_name='__main__')\n")
+    result = run_script(["-c", code, *TINY_FLAGS, "--batch_sizes=2,4"], check=False)
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == "error: the train benchmark failed (traceback above)"
+    assert "injected failure" in result.stderr
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--gpus=0", "gpus must be a whole number >= 1"),
+    ("--days=-1", "days must be more than 0"),
+    ("--mfu=2", "mfu must be in (0, 1]"),
+    ("--mfu=-0.1", "mfu must be in (0, 1]"),
+    ("--tokens=-1", "tokens must be 0"),
+    ("--params=-5", "params must be 0"),
+])
+def test_bad_sizing_flags_fail_in_one_line(flag, message):
+    result = run_script(["bench.py", "--mode=sizing", flag], check=False)
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr, result.stderr
+
+
+def test_json_path_under_a_file_is_refused_before_any_work(tmp_path):
+    (tmp_path / "jf").write_text("keep me")
+    result = run_script(["bench.py", "--mode=sizing", f"--json={tmp_path / 'jf' / 'b.json'}"], check=False)
+    assert result.returncode != 0 and result.stdout == ""  # nothing measured, nothing printed
+    assert result.stderr.strip().splitlines() == [f"error: --json={tmp_path / 'jf' / 'b.json'}: {tmp_path / 'jf'} is "
+                                                  f"a file, not a folder; pass a path in a folder"]
+    assert (tmp_path / "jf").read_text() == "keep me"

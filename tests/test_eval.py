@@ -427,3 +427,51 @@ def test_cli_exits_nonzero_with_one_line():
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == ["error: unknown task nonsense; choose from loss, hellaswag, lambada "
                                                   "(comma-separated, e.g. --tasks=loss,hellaswag)"]
+
+
+def test_report_dir_that_is_a_file_is_refused_before_the_tasks(tmp_path, char_data_dir):
+    from prepare import read_meta
+    meta = read_meta(char_data_dir)
+    out_dir = tmp_path / "out"
+    write_checkpoint(str(out_dir), GPT(GPTConfig(block_size=32, vocab_size=meta["vocab_size"], n_layer=1, n_head=2,
+                                                 n_embd=16)), meta["tokenizer"], data_dir=char_data_dir)
+    a_file = tmp_path / "somefile"
+    a_file.write_text("keep me")
+    message = expect_error([f"--model={out_dir}", "--tasks=loss", "--device=cpu", f"--report_dir={a_file}"],
+                           f"{a_file} is a file, not a folder")
+    assert a_file.read_text() == "keep me" and "loss" not in message
+
+
+def test_broken_meta_json_is_named(tmp_path, char_data_dir):
+    import shutil
+    from prepare import read_meta
+    meta = read_meta(char_data_dir)
+    data = tmp_path / "data"
+    shutil.copytree(char_data_dir, data)
+    (data / "meta.json").write_text((data / "meta.json").read_text()[:-10])  # cut off mid-write
+    out_dir = tmp_path / "out"
+    write_checkpoint(str(out_dir), GPT(GPTConfig(block_size=32, vocab_size=meta["vocab_size"], n_layer=1, n_head=2,
+                                                 n_embd=16)), meta["tokenizer"], data_dir=str(data))
+    expect_error([f"--model={out_dir}", "--tasks=loss", "--device=cpu"], f"{data / 'meta.json'}", "JSON")
+
+
+def test_ctrl_c_writes_no_report_and_no_traceback(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from conftest import ROOT
+    out_dir = tmp_path / "out"
+    write_checkpoint(str(out_dir), GPT(GPTConfig(block_size=32, vocab_size=3, n_layer=1, n_head=2, n_embd=16)),
+                     {"name": "char", "chars": "ab"})
+    text = tmp_path / "t.txt"
+    text.write_text("ab" * 50_000)  # stride 1: 100k windows, far more than the test waits for
+    process = subprocess.Popen([sys.executable, "eval.py", f"--model={out_dir}", "--tasks=loss", "--device=cpu",
+                                f"--text_file={text}", "--stride=1", "--progress=False"], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                               # a shell's background job ignores SIGINT; the script should see Ctrl-C as a user does
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert process.stdout.readline().startswith(b"model ")  # loaded: the scoring has begun
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.decode().strip() == "interrupted: no report written"
+    assert not (out_dir / "report.json").exists()

@@ -105,3 +105,91 @@ def test_export_a_checkpoint_to_hugging_face(tiny_checkpoint, tmp_path):
     idx = torch.randint(0, ours.config.vocab_size, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, ours(idx)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_negative_lengths_are_refused(tiny_checkpoint):
+    for flag in ("--num_samples=-1", "--max_new_tokens=-5"):
+        result = sample(tiny_checkpoint, flag, check=False)
+        assert result.returncode != 0 and result.stdout == ""
+        assert result.stderr.strip().splitlines() == [f"error: {flag[2:].split('=')[0]} must be 0 or more, "
+                                                      f"got {flag.split('=')[1]}"]
+
+
+def interrupt_when_output_starts(args):
+    """Start a script, send it SIGINT (Ctrl-C) once it has printed something; (returncode, stdout, stderr)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from conftest import ROOT
+    process = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                               # a shell's background job ignores SIGINT; the script should see Ctrl-C as a user does
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    first = os.read(process.stdout.fileno(), 1)  # not .read(1): communicate() would skip its buffer
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    return process.returncode, (first + out).decode(), err.decode()
+
+
+def test_ctrl_c_stops_a_stream_quietly(tiny_checkpoint):
+    code, out, err = interrupt_when_output_starts(["sample.py", f"--model={tiny_checkpoint}", "--device=cpu",
+                                                   "--num_samples=1000", "--max_new_tokens=1000", "--start=ROMEO:"])
+    assert code == 130 and out.startswith("ROMEO:")
+    assert "Traceback" not in err and err.strip() == "interrupted"
+
+
+def test_unreadable_hugging_face_folders_fail_in_one_line(tiny_checkpoint, tmp_path):
+    import json
+    hf = tmp_path / "hf"
+    run_script(["checkpoint.py", f"--model={tiny_checkpoint}", f"--export_hf={hf}"])
+    # (a char model: the vocabulary check would refuse it, but reading the files fails first)
+    weights = (hf / "model.safetensors").read_bytes()
+    (hf / "model.safetensors").write_bytes(weights[:len(weights) // 2])  # a copy cut short
+    result = sample(hf, check=False)
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {hf / 'model.safetensors'} is unreadable, "
+                                                             f"truncated or corrupt"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    config = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps(config)[:-5])
+    result = sample(hf, check=False)
+    assert result.returncode != 0 and result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(f"error: {hf / 'config.json'} is not valid JSON"), result.stderr
+
+
+def test_export_refuses_to_overwrite_or_write_into_a_file(tiny_checkpoint, tmp_path):
+    import os
+    hf = tmp_path / "hf"
+    run_script(["checkpoint.py", f"--model={tiny_checkpoint}", f"--export_hf={hf}"])
+    before = {name: (hf / name).read_bytes() for name in ("config.json", "model.safetensors")}
+    (hf / "config.json").write_text("{}")  # an export someone edited: must survive a second export by mistake
+    result = run_script(["checkpoint.py", f"--model={tiny_checkpoint}", f"--export_hf={hf}"], check=False)
+    assert result.returncode != 0 and result.stderr.strip().splitlines() == [
+        f"error: {hf} already holds a model (config.json, model.safetensors); pass --overwrite=True to replace it, "
+        f"or choose another --export_hf folder"]
+    assert (hf / "config.json").read_text() == "{}"
+    run_script(["checkpoint.py", f"--model={tiny_checkpoint}", f"--export_hf={hf}", "--overwrite=True"])
+    assert {name: (hf / name).read_bytes() for name in before} == before
+    # both files get the permissions open() gives (safetensors alone would write its file 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {os.stat(hf / name).st_mode & 0o777 for name in before} == {0o666 & ~umask}
+    a_file = tmp_path / "somefile"
+    a_file.write_text("keep me")
+    result = run_script(["checkpoint.py", f"--model={tiny_checkpoint}", f"--export_hf={a_file}"], check=False)
+    assert result.returncode != 0 and result.stderr.strip().splitlines() == [
+        f"error: --export_hf={a_file}: {a_file} is a file, not a folder; pass a new or existing folder"]
+    assert a_file.read_text() == "keep me"
+
+
+def test_atomic_write_gives_the_permissions_open_would(tmp_path):
+    import os
+    from checkpoint import atomic_write
+    umask = os.umask(0o027)  # one that differs from the usual 022, so a fixed mode would show
+    try:
+        atomic_write(str(tmp_path / "f.bin"), lambda f: f.write(b"x"))
+    finally:
+        os.umask(umask)
+    assert os.stat(tmp_path / "f.bin").st_mode & 0o777 == 0o640
+    assert os.listdir(tmp_path) == ["f.bin"]  # no temp file left behind
