@@ -135,6 +135,9 @@ def open_split(data_dir, split):
         path = os.path.join(data_dir, name)
         if not os.path.isfile(path):
             raise PrepareError(f"shard {path} listed in meta.json is missing; re-run prepare.py")
+        if os.path.getsize(path) % dtype.itemsize:  # np.memmap's own message names no file
+            raise PrepareError(f"shard {path} is cut short (not a whole number of {dtype.itemsize}-byte tokens); "
+                               f"re-run prepare.py")
         shards.append(np.memmap(path, dtype=dtype, mode="r"))
     if sum(len(s) for s in shards) != meta["splits"][split]["tokens"]:
         raise PrepareError(f"{data_dir}: the {split} shards do not hold meta.json's token count; re-run prepare.py")

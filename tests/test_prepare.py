@@ -403,6 +403,15 @@ def test_damaged_meta_json_is_named(tmp_path):
     assert meta_path.read_bytes() == damaged  # refused, not overwritten
 
 
+def test_a_shard_cut_short_is_named(tmp_path):
+    (tmp_path / "t.txt").write_text("hello there " * 50)
+    run_prepare(input=tmp_path / "t.txt", tokenizer="char", out_dir=tmp_path / "out")
+    shard = tmp_path / "out" / "train_000000.bin"
+    shard.write_bytes(shard.read_bytes()[:-1])
+    with pytest.raises(PrepareError, match=re.escape(f"shard {shard} is cut short")):
+        open_split(tmp_path / "out", "train")
+
+
 def test_read_meta_hints_name_the_input_to_prepare(tmp_path):
     # the hint must not suggest `prepare.py --out_dir=...` alone, which would fill the folder with the built-in plays
     with pytest.raises(PrepareError, match=re.escape("--input=YOUR_TEXT --out_dir=")):
