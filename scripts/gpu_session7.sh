@@ -43,6 +43,16 @@ for stage in "$@"; do
           timeout 60 python3 sample.py --model=out-shakespeare-char --start="ROMEO:" --num_samples=1 --max_new_tokens=300 > "$OUT/sample.log" 2>&1; echo "sample rc $?" >> "$OUT/walkthrough.log"
           timeout 120 python3 eval.py --model=out-shakespeare-char --report_dir="$OUT/eval" > "$OUT/eval.log" 2>&1; echo "eval rc $?" >> "$OUT/walkthrough.log"
           grep -E "^step [0-9]+: train loss|rc |error" "$OUT/walkthrough.log"; cat "$OUT/sample.log"; tail -15 "$OUT/eval.log" ;;
+    # the final tree: the model tests, and train.py's new ordering on the GPU (a short run, an --overwrite run that
+    # fails its checks and must leave the first run alone, then a resume with a shape flag that cannot apply)
+    final) timeout 240 python3 -m pytest tests/test_model.py -q > "$OUT/mtests.log" 2>&1; tail -2 "$OUT/mtests.log"
+          python3 prepare.py --input=.gpu_data/input.txt --tokenizer=char --out_dir=data/tinyshakespeare_char > "$OUT/final.log" 2>&1
+          FLAGS="config/train_shakespeare_char.py --eval_interval=100 --eval_iters=20 --log_interval=50"
+          timeout 120 python3 train.py $FLAGS --max_iters=100 >> "$OUT/final.log" 2>&1; echo "rc $?" >> "$OUT/final.log"
+          timeout 60 python3 train.py $FLAGS --max_iters=100 --overwrite=True --n_head=5 >> "$OUT/final.log" 2>&1; echo "rc $?" >> "$OUT/final.log"
+          ls out-shakespeare-char >> "$OUT/final.log"
+          timeout 120 python3 train.py $FLAGS --max_iters=200 --init_from=resume --n_layer=4 >> "$OUT/final.log" 2>&1; echo "rc $?" >> "$OUT/final.log"
+          grep -E "^step [0-9]+: train loss|^rc |error|warning|\.pt|metrics" "$OUT/final.log" ;;
     train) timeout 420 python3 bench.py --mode=train --compare=True --batch_sizes=64,128 --json="$OUT/train.json" > "$OUT/train.log" 2>&1; tail -16 "$OUT/train.log" ;;
   esac
 done
