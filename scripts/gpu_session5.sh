@@ -3,12 +3,7 @@
 #   bash scripts/gpu_session5.sh dtests profile inference
 # Logs go to $OUT. The suite stages need .gpu_data/r50k_base.tiktoken (carried in; a GPU box has no ../shared);
 # suite gave it as a relative path, which the tests' subprocesses cannot find: resuite is the corrected one.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/env.log"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/env.log"
+source "$(dirname "$0")/gpu_env.sh"
 for stage in "$@"; do
   case $stage in
     order) timeout 240 python3 scripts/attention_launch_order.py > "$OUT/order.log" 2>&1; tail -40 "$OUT/order.log" ;;

@@ -2,12 +2,7 @@
 # The sixth session's GPU calls (BENCHMARKS.md, "Sixth session"), one stage per argument, e.g.
 #   bash scripts/gpu_session6.sh dtests inference_hf
 # Logs go to $OUT.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/env.log"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/env.log"
+source "$(dirname "$0")/gpu_env.sh"
 for stage in "$@"; do
   case $stage in
     # the decoding tests: flash_decode against float64, CUDA-graph decoding (with a reused Decoder) against eager
