@@ -377,7 +377,8 @@ def train(config):
     model, checkpoint = build_model(config, meta, device)
     if config["init_from"] != "scratch":  # the shape is the checkpoint's: say so, and record what really runs
         shape = {key: getattr(model.config, key) for key in ("n_layer", "n_head", "n_embd", "bias")}
-        ignored = {key: config[key] for key in shape if config[key] != shape[key]}
+        # warn about what this run asked for (a flag or config file), not about defaults it never set
+        ignored = {key: config[key] for key in shape if config[key] != shape[key] and config[key] != DEFAULTS[key]}
         if ignored and master:
             print(f"warning: the model's shape comes from {config['init_from']}: "
                   f"{', '.join(f'{key}={shape[key]}' for key in ignored)}, not this run's "
