@@ -1037,8 +1037,8 @@ def check_config(config):
     if config["json"]:  # now, not after the benchmarks ran: the results would be lost
         from checkpoint import blocking_file
         folder = os.path.dirname(config["json"]) or "."
-        if blocking_file(folder):
-            raise SystemExit(f"error: --json={config['json']}: {blocking_file(folder)} is a file, not a folder; "
+        if blocker := blocking_file(folder):
+            raise SystemExit(f"error: --json={config['json']}: {blocker} is a file, not a folder; "
                              f"pass a path in a folder")
         if os.path.isdir(config["json"]):
             raise SystemExit(f"error: --json={config['json']} is a folder; pass a file path like out/bench.json")

@@ -144,8 +144,8 @@ if __name__ == "__main__":
     if not folder:
         raise SystemExit("error: nothing to do; pass --export_hf=FOLDER to write the model as a Hugging Face GPT-2 folder")
     # checked before loading anything: a typo must not cost an earlier export, nor end in a traceback
-    if blocking_file(folder):
-        raise SystemExit(f"error: --export_hf={folder}: {blocking_file(folder)} is a file, not a folder; pass a new "
+    if blocker := blocking_file(folder):
+        raise SystemExit(f"error: --export_hf={folder}: {blocker} is a file, not a folder; pass a new "
                          f"or existing folder")
     existing = [name for name in ("config.json", "model.safetensors", "pytorch_model.bin")
                 if os.path.exists(os.path.join(folder, name))]

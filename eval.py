@@ -754,8 +754,8 @@ def run(config):
     train_config = (checkpoint or {}).get("config") or {}
     out_dir = os.path.dirname(os.path.abspath(checkpoint_path)) if checkpoint_path else None
     report_dir = config["report_dir"] or out_dir or f"eval-{os.path.basename(os.path.normpath(source))}"
-    if blocking_file(report_dir):  # now, not after the tasks ran: their results would be lost
-        raise EvalError(f"report_dir {report_dir}: {blocking_file(report_dir)} is a file, not a folder; pass a "
+    if blocker := blocking_file(report_dir):  # now, not after the tasks ran: their results would be lost
+        raise EvalError(f"report_dir {report_dir}: {blocker} is a file, not a folder; pass a "
                         f"folder with --report_dir=DIR")
 
     report = {

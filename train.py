@@ -328,7 +328,7 @@ def set_training_options(model, config, device):
 
 def train(config):
     """Run training as configured; returns the list of per-step losses this process logged."""
-    from checkpoint import save_checkpoint
+    from checkpoint import blocking_file, save_checkpoint
     from configurator import format_config
     from model import mfu
     from prepare import open_split, read_meta
@@ -365,8 +365,8 @@ def train(config):
     if existing and new_run and not config["overwrite"]:
         raise SystemExit(f"error: {config['out_dir']} already holds {' and '.join(existing)} from an earlier run; "
                          f"continue it with --init_from=resume, pick another --out_dir, or pass --overwrite=True")
-    if os.path.exists(config["out_dir"]) and not os.path.isdir(config["out_dir"]):
-        raise SystemExit(f"error: out_dir {config['out_dir']} is a file; pick another --out_dir")
+    if blocker := blocking_file(config["out_dir"]):  # os.makedirs would fail, after all the checks and loading
+        raise SystemExit(f"error: out_dir {config['out_dir']}: {blocker} is a file; pick another --out_dir")
     if master:
         print(format_config(config))
         print(f"tokens per step: {tokens_per_step:,} ({world_size} processes x {local_accum} micro-batches x "
