@@ -109,15 +109,11 @@ def load_model(source, device="cpu", attention="auto"):
     """(model in eval mode on `device`, tokenizer, checkpoint dict or None) from our checkpoint
     or a Hugging Face GPT-2 directory."""
     if os.path.isdir(source) and os.path.isfile(os.path.join(source, "config.json")):
-        from safetensors import SafetensorError
         try:
             model = GPT.from_hf_dir(source, attention=attention)
         except json.JSONDecodeError as e:  # a ValueError, but its message names no file
             raise CheckpointError(f"{os.path.join(source, 'config.json')} is not valid JSON ({e}); "
                                   f"re-export or re-download the folder") from None
-        except SafetensorError as e:  # e.g. a download or copy cut short
-            raise CheckpointError(f"{os.path.join(source, 'model.safetensors')} is unreadable, truncated or corrupt "
-                                  f"({e}); re-export or re-download it") from None
         tokenizer, checkpoint = load_tokenizer({"name": "gpt2"}), None
         if model.config.vocab_size < tokenizer.vocab_size:
             raise CheckpointError(f"{source} has vocab_size {model.config.vocab_size}, but a Hugging Face folder is "

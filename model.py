@@ -639,14 +639,19 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
 
 
 def _read_hf_weights(path):
-    safetensors_path = os.path.join(path, "model.safetensors")
-    if os.path.isfile(safetensors_path):
-        from safetensors.torch import load_file
-        return load_file(safetensors_path)
-    bin_path = os.path.join(path, "pytorch_model.bin")
-    if os.path.isfile(bin_path):
+    safetensors_path, bin_path = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
+    if not os.path.isfile(safetensors_path) and not os.path.isfile(bin_path):
+        raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
+    weights_path = safetensors_path if os.path.isfile(safetensors_path) else bin_path
+    try:
+        if weights_path == safetensors_path:
+            from safetensors.torch import load_file
+            return load_file(safetensors_path)
         return torch.load(bin_path, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
+    except Exception as e:  # a download or copy cut short fails in many ways deep inside either reader
+        first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{weights_path} is unreadable, truncated or corrupt ({first_line}); "
+                         f"re-export or re-download it") from None
 
 
 def check_sampling(temperature, top_k=None, top_p=None):

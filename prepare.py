@@ -222,6 +222,8 @@ def document_pieces(text, nbytes, stats):
 def read_text_file(path, stats, strict):
     """One document: the file's text, read and cut into pieces without loading it whole."""
     buffer, carry, offset, first = "", b"", 0, True
+    unreported_bytes = 0  # input bytes read but not yet counted by a yielded piece (re-encoding the text would
+    # count 3 bytes for each replaced undecodable byte, and the progress bar would run past 100%)
     with open(path, "rb") as f:
         while True:
             data = f.read(READ_BYTES)
@@ -234,13 +236,14 @@ def read_text_file(path, stats, strict):
                 text = text[1:]
             buffer += text
             offset += len(data)
+            unreported_bytes += len(data)
             pieces = pieces_of_text(buffer, stats)
             if not at_end:  # the last piece may grow with the next read
                 buffer = pieces.pop()
             for piece in pieces:
                 if piece:
-                    yield piece, first, len(piece.encode("utf-8"))
-                    first = False
+                    yield piece, first, unreported_bytes
+                    first, unreported_bytes = False, 0
             if at_end:
                 break
     if first:

@@ -129,6 +129,19 @@ def test_utf8_reader_across_chunk_boundaries(tmp_path, monkeypatch):
     assert max(len(p) for p, _, _ in pieces) <= 50 and stats.replaced == 0
 
 
+def test_progress_counts_each_input_byte_once(tmp_path, monkeypatch):
+    """The pieces' byte counts drive the progress bar: they must add up to the file's size, whether the bytes
+    decode (a BOM, multi-byte characters cut by reads) or are replaced (binary input)."""
+    monkeypatch.setattr(prepare, "READ_BYTES", 7)
+    monkeypatch.setattr(prepare, "CHUNK_CHARS", 50)
+    rng = random.Random(5)
+    data = "\ufeff".encode() + random_document(rng, 200).encode() + bytes(rng.randrange(256) for _ in range(500))
+    (tmp_path / "mixed.bin").write_bytes(data)
+    stats = prepare.ReadStats()
+    pieces = list(prepare.read_text_file(str(tmp_path / "mixed.bin"), stats, strict=False))
+    assert stats.replaced > 0 and sum(nbytes for _, _, nbytes in pieces) == len(data)
+
+
 def test_document_split_is_deterministic_disjoint_and_order_free(tmp_path):
     rng = random.Random(4)
     documents = [f"document {i}: " + random_document(rng, 20).replace(EOT_TEXT, "") for i in range(400)]

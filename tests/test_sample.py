@@ -151,6 +151,17 @@ def test_unreadable_hugging_face_folders_fail_in_one_line(tiny_checkpoint, tmp_p
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {hf / 'model.safetensors'} is unreadable, "
                                                              f"truncated or corrupt"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    # the older format: a pytorch_model.bin cut short
+    import torch
+    from safetensors.torch import load
+    torch.save(load(weights), hf / "pytorch_model.bin")
+    (hf / "model.safetensors").unlink()
+    state = (hf / "pytorch_model.bin").read_bytes()
+    (hf / "pytorch_model.bin").write_bytes(state[:len(state) // 2])
+    result = sample(hf, check=False)
+    assert result.returncode != 0 and result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(f"error: {hf / 'pytorch_model.bin'} is unreadable, truncated or corrupt"), \
+        result.stderr
     config = json.loads((hf / "config.json").read_text())
     (hf / "config.json").write_text(json.dumps(config)[:-5])
     result = sample(hf, check=False)
