@@ -634,6 +634,26 @@ def flash_attention(q, k, v, causal=True, softmax_scale=None):
 # pays for making its stores visible before it counts itself in, so fewer programs pay off.
 _DECODE_CONFIG = (128, 1, 4, 1)
 _DECODE_MERGE_CHUNK = 8  # partial results the merge loads at a time
+# Programmatic dependent launch (Hopper and later, Triton 3.4 and later): see flash_decode's overlap_previous.
+_HAS_GDC_WAIT = hasattr(getattr(getattr(tl, "extra", None), "cuda", None), "gdc_wait")
+
+
+@triton.jit
+def _decode_tile(q, k, v, k_new, v_new, cols, last, qk_scale, m, l, acc):
+    # The online softmax of the forward kernel over one tile of cache slots `cols`, for one query row. k and v are
+    # the tile as loaded, zeros where not stored yet: the slot at the query's own position takes this step's key and
+    # value, and slots past it are masked out.
+    is_new = (cols == last)[:, None]
+    k = tl.where(is_new, k_new[None, :], k).to(tl.float32)
+    v = tl.where(is_new, v_new[None, :], v).to(tl.float32)
+    s = tl.sum(k * q[None, :], axis=1) * qk_scale  # this tile's scores, log2 units
+    s = tl.where(cols <= last, s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, axis=0))  # finite: every tile visited holds a visible slot
+    p = tl.exp2(s - m_new)
+    alpha = tl.exp2(m - m_new)
+    l = l * alpha + tl.sum(p, axis=0)
+    acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+    return m_new, l, acc
 
 
 @triton.jit
@@ -641,7 +661,8 @@ def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, ARRIVALS
                   stride_qb, stride_qh, stride_knb, stride_knh, stride_vnb, stride_vnh,
                   stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt, stride_ob, stride_oh,
                   H, L, TILES_PER_SPLIT, N_SPLITS,
-                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MERGE_CHUNK: tl.constexpr):
+                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MERGE_CHUNK: tl.constexpr,
+                  WAIT_FOR_PREVIOUS_KERNEL: tl.constexpr):
     # Program (split, bh): the softmax-weighted sum of the values in cache slots
     # [split * TILES_PER_SPLIT * BLOCK_N, (split + 1) * TILES_PER_SPLIT * BLOCK_N), for the slots the query can see.
     # The slot at the query's own position gets this step's key and value (K_NEW, V_NEW): the program whose split
@@ -658,14 +679,22 @@ def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, ARRIVALS
     if lo <= last:  # splits wholly past the position have nothing to do, and neither count in nor get merged
         offs_d = tl.arange(0, HEAD_DIM)
         offs_n = tl.arange(0, BLOCK_N)
+        k_head = K + off_b * stride_kb + off_h * stride_kh  # this (batch, head)'s cache
+        v_head = V + off_b * stride_vb + off_h * stride_vh
         # the head dim is contiguous in every input (the wrapper sees to it), so rows load in 16-byte pieces
+        k_ptrs = k_head + offs_n[:, None] * stride_kt + offs_d[None, :]
+        v_ptrs = v_head + offs_n[:, None] * stride_vt + offs_d[None, :]
+        # The first tile's keys and values (both loads at once, so that their latencies overlap), zeros where
+        # not stored yet. Earlier steps wrote them, so with programmatic dependent launch (see _decode) they load
+        # while the kernel before this one, the product that makes q, k_new and v_new, still runs.
+        stored = (lo + offs_n < last)[:, None]
+        k = tl.load(k_ptrs + lo * stride_kt, mask=stored, other=0.0)
+        v = tl.load(v_ptrs + lo * stride_vt, mask=stored, other=0.0)
+        if WAIT_FOR_PREVIOUS_KERNEL:
+            tl.extra.cuda.gdc_wait()
         q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + offs_d).to(tl.float32)
         k_new = tl.load(K_NEW + off_b * stride_knb + off_h * stride_knh + offs_d)
         v_new = tl.load(V_NEW + off_b * stride_vnb + off_h * stride_vnh + offs_d)
-        k_head = K + off_b * stride_kb + off_h * stride_kh  # this (batch, head)'s cache
-        v_head = V + off_b * stride_vb + off_h * stride_vh
-        k_ptrs = k_head + offs_n[:, None] * stride_kt + offs_d[None, :]
-        v_ptrs = v_head + offs_n[:, None] * stride_vt + offs_d[None, :]
         hi = tl.minimum(lo + split_slots, last + 1)
         if hi == last + 1:  # this split holds the query's slot: append the new key and value to the cache
             tl.store(k_head + last * stride_kt + offs_d, k_new)
@@ -673,23 +702,13 @@ def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, ARRIVALS
         m = tl.full([], float("-inf"), dtype=tl.float32)
         l = tl.full([], 0.0, dtype=tl.float32)
         acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
-        for start_n in range(lo, hi, BLOCK_N):  # the online softmax of the forward kernel, one query row
+        m, l, acc = _decode_tile(q, k, v, k_new, v_new, lo + offs_n, last, qk_scale, m, l, acc)
+        for start_n in range(lo + BLOCK_N, hi, BLOCK_N):  # the split's other tiles, if it has more than one
             cols = start_n + offs_n
-            # both loads first, so that their memory latencies overlap
-            stored = (cols < last)[:, None]  # slots filled by earlier steps
+            stored = (cols < last)[:, None]
             k = tl.load(k_ptrs + start_n * stride_kt, mask=stored, other=0.0)
             v = tl.load(v_ptrs + start_n * stride_vt, mask=stored, other=0.0)
-            is_new = (cols == last)[:, None]
-            k = tl.where(is_new, k_new[None, :], k).to(tl.float32)
-            v = tl.where(is_new, v_new[None, :], v).to(tl.float32)
-            s = tl.sum(k * q[None, :], axis=1) * qk_scale  # this tile's scores, log2 units
-            s = tl.where(cols <= last, s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, axis=0))  # finite: every tile visited holds a visible slot
-            p = tl.exp2(s - m_new)
-            alpha = tl.exp2(m - m_new)
-            l = l * alpha + tl.sum(p, axis=0)
-            acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-            m = m_new
+            m, l, acc = _decode_tile(q, k, v, k_new, v_new, cols, last, qk_scale, m, l, acc)
         part = off_bh * N_SPLITS + split
         tl.store(PART_ACC + part * HEAD_DIM + offs_d, acc)
         tl.store(PART_M + part, m)
@@ -745,7 +764,7 @@ def decode_supported(q, k_cache):
             and 16 <= D <= MAX_HEAD_DIM and D & (D - 1) == 0)
 
 
-def _decode(q, k, v, k_cache, v_cache, position, arrivals, config=None):
+def _decode(q, k, v, k_cache, v_cache, position, arrivals, overlap_previous=False, config=None):
     """config (tuning only): (BLOCK_N, tiles per split, num_warps, num_stages), _DECODE_CONFIG by default."""
     B, H, _, D = q.shape
     L = k_cache.shape[2]
@@ -758,13 +777,17 @@ def _decode(q, k, v, k_cache, v_cache, position, arrivals, config=None):
     part_m = torch.empty((B * H, n_splits), dtype=torch.float32, device=q.device)
     part_l = torch.empty((B * H, n_splits), dtype=torch.float32, device=q.device)
     q, k, v = (x if x.stride(3) == 1 else x.contiguous() for x in (q, k, v))
+    early = (overlap_previous and _HAS_GDC_WAIT and not _interpreting()
+             and torch.cuda.get_device_capability(q.device)[0] >= 9)
     if k_cache.stride(3) != 1 or v_cache.stride(3) != 1:  # stores must land in the caller's tensors: no copies
         raise FlashAttentionError("flash_decode: the caches' head dim must be contiguous (stride 1)")
     _decode_split[(n_splits * B * H,)](q, k, v, k_cache, v_cache, position, part_acc, part_m, part_l, arrivals, out,
                                        D ** -0.5 * LOG2_E, *q.stride()[:2], *k.stride()[:2], *v.stride()[:2],
                                        *k_cache.stride()[:3], *v_cache.stride()[:3], out.stride(0), out.stride(1),
                                        H, L, tiles_per_split, n_splits, HEAD_DIM=D, BLOCK_N=block_n,
-                                       MERGE_CHUNK=_DECODE_MERGE_CHUNK, num_warps=num_warps, num_stages=num_stages)
+                                       MERGE_CHUNK=_DECODE_MERGE_CHUNK, WAIT_FOR_PREVIOUS_KERNEL=early,
+                                       num_warps=num_warps, num_stages=num_stages,
+                                       **({"launch_pdl": True} if early else {}))
     return out
 
 
@@ -776,17 +799,18 @@ def _decode(q, k, v, k_cache, v_cache, position, arrivals, config=None):
 # small copy kernels per layer.
 @torch.library.custom_op("gpt::flash_decode", mutates_args=("k_cache", "v_cache", "arrivals"))
 def _flash_decode_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-                     v_cache: torch.Tensor, position: torch.Tensor, arrivals: torch.Tensor) -> torch.Tensor:
-    return _decode(q, k, v, k_cache, v_cache, position, arrivals)
+                     v_cache: torch.Tensor, position: torch.Tensor, arrivals: torch.Tensor,
+                     overlap_previous: bool = False) -> torch.Tensor:
+    return _decode(q, k, v, k_cache, v_cache, position, arrivals, overlap_previous)
 
 
 @_flash_decode_op.register_fake
-def _(q, k, v, k_cache, v_cache, position, arrivals):
+def _(q, k, v, k_cache, v_cache, position, arrivals, overlap_previous=False):
     B, H, _, D = q.shape
     return q.new_empty((B, 1, H, D)).transpose(1, 2)
 
 
-def flash_decode(q, k, v, k_cache, v_cache, position, arrivals=None):
+def flash_decode(q, k, v, k_cache, v_cache, position, arrivals=None, overlap_previous=False):
     """One decoding step's attention: store the new key and value k, v (B, H, 1, D) in slot `position` of the caches
     k_cache, v_cache (B, H, L, D; any strides with the head dim contiguous, e.g. a prefix of a larger buffer), then
     attend the query q (B, H, 1, D) over cache slots 0..position; later slots are ignored whatever they hold.
@@ -795,6 +819,11 @@ def flash_decode(q, k, v, k_cache, v_cache, position, arrivals=None):
     arrivals: the counters that find the last program of each (batch, head), int32 zeros of shape (B * H,), which
     each call leaves zero; None makes a fresh set. A caller that keeps one set as long as its caches (KVCache does)
     saves a zero-fill per call. Two calls running at once must not share a set.
+    overlap_previous: on Hopper GPUs and later, let the kernel start while the kernel launched just before it
+    (the product that made q, k, v) still runs, and load its first cache tile meanwhile (programmatic dependent
+    launch; it waits for that kernel before touching q, k, v). Only for callers that wrote `position` and the
+    caches' earlier slots before that kernel, as a decoding step does: with inductor's kernels launched the same
+    way, 1% off a batch-16 GPT-2 step (H100, BENCHMARKS.md, eighth session).
     Returns (B, H, 1, D), stored as (B, 1, H, D). Inference only (no autograd); check decode_supported first."""
     shapes_ok = (decode_supported(q, k_cache) and k.shape == v.shape == q.shape and k_cache.shape == v_cache.shape
                  and k_cache.shape[:2] == q.shape[:2] and k_cache.shape[3] == q.shape[3]
@@ -810,8 +839,8 @@ def flash_decode(q, k, v, k_cache, v_cache, position, arrivals=None):
         raise FlashAttentionError(f"flash_decode: arrivals must be int32 zeros of shape ({B * H},) on {q.device}, "
                                   f"got {arrivals.dtype} {tuple(arrivals.shape)} on {arrivals.device}")
     if torch.compiler.is_compiling():  # opaque to the compiler, no graph break
-        return _flash_decode_op(q, k, v, k_cache, v_cache, position, arrivals)
-    return _decode(q, k, v, k_cache, v_cache, position, arrivals)
+        return _flash_decode_op(q, k, v, k_cache, v_cache, position, arrivals, overlap_previous)
+    return _decode(q, k, v, k_cache, v_cache, position, arrivals, overlap_previous)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -232,7 +232,10 @@ class KVCache:
             from flash_attention import decode_supported, flash_decode
             if decode_supported(q, self.k):
                 position = start_pos if torch.is_tensor(start_pos) else torch.full((1,), start_pos, device=q.device)
-                return flash_decode(q, k, v, self.k, self.v, position, self.decode_arrivals)
+                # A tensor position (a Decoder's) was written before the step began, so neither it nor the cache
+                # is the output of the kernel just before this one: the kernel may start early (flash_decode)
+                return flash_decode(q, k, v, self.k, self.v, position, self.decode_arrivals,
+                                    overlap_previous=torch.is_tensor(start_pos))
         k, v = self.update(k, v, start_pos)
         if isinstance(start_pos, int) and start_pos == 0:
             return attend(q, k, v, mode)  # prefill: ordinary causal attention
@@ -283,7 +286,15 @@ def _compiled_decode_step(mode="default"):
     # greedy or not, with the cache length symbolic (Decoder marks it), and once more for a bucket that spans the
     # whole buffer; each graph records the compiled kernels like any others. Made on first call, not at import:
     # torch.compile imports torch._dynamo, a second of start-up every user would pay.
-    return torch.compile(_decode_step, mode=mode)
+    import torch._inductor
+    options = dict(torch._inductor.list_mode_options(mode))
+    if hasattr(torch._inductor.config.triton, "enable_pdl"):  # torch 2.10 and later
+        # Each of inductor's kernels may start while the one before it finishes, and waits only before reading
+        # what that one wrote (programmatic dependent launch, Hopper GPUs and later; inductor leaves it off on
+        # others): with flash_decode doing the same, 2% off a GPT-2 step at batch 1 and 16 (H100, BENCHMARKS.md,
+        # eighth session).
+        options["triton.enable_pdl"] = True
+    return torch.compile(_decode_step, options=options)
 
 
 def cache_bucket(length, max_len, bucket=256):

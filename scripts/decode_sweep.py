@@ -42,10 +42,10 @@ for B, L, position in ((16, 512, 400), (16, 1024, 1000), (1, 512, 400), (1, 1024
     print(f"  {'plain math':<16} {us:7.2f} us  {useful / us / 1e6:5.2f} TB/s")
     for config in CONFIGS:
         try:
-            out = fa._decode(q, k, v, *caches[0], pos, arrivals[0], config)
+            out = fa._decode(q, k, v, *caches[0], pos, arrivals[0], config=config)
             err = ((out.float() - reference.float()).norm() / reference.float().norm()).item()
             us = 1000 / LAYERS * do_bench_cudagraph(
-                lambda: [fa._decode(q, k, v, *cache, pos, counts, config) for cache, counts in zip(caches, arrivals)],
+                lambda: [fa._decode(q, k, v, *cache, pos, counts, config=config) for cache, counts in zip(caches, arrivals)],
                 rep=100, return_mode="median")
             print(f"  {str(config):<16} {us:7.2f} us  {useful / us / 1e6:5.2f} TB/s  diff vs default {err:.1e}",
                   flush=True)

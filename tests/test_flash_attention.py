@@ -355,22 +355,26 @@ def decode_reference(q, k, v, position):
     return scores.masked_fill(hidden, float("-inf")).softmax(-1) @ v
 
 
-def check_decode(B, H, L, D, positions, dtype, device=DEVICE, max_len=None, config=None):
+def check_decode(B, H, L, D, positions, dtype, device=DEVICE, max_len=None, config=None, overlap_previous=False):
     generator, seed = fresh_generator(device)
     arrivals = torch.zeros(B * H, dtype=torch.int32, device=device)  # one set for all calls, as KVCache keeps it
+    identity = torch.eye(3 * H * D, device=device, dtype=dtype) if overlap_previous else None
     # the model's layouts: q, k, v strided views of the (B, 1, 3C) projection, the caches a prefix of a larger buffer
     for position in positions:
-        qkv = torch.randn(B, 1, 3 * H * D, generator=generator, device=device).to(dtype)
-        q, k, v = (x.view(B, 1, H, D).transpose(1, 2) for x in qkv.split(H * D, dim=2))
         buffers = [torch.randn(B, H, max_len or L + 7, D, generator=generator, device=device).to(dtype)
                    for _ in range(2)]
         k_cache, v_cache = (b[:, :, :L] for b in buffers)
         untouched = [b.clone() for b in buffers]
         position_tensor = torch.tensor([position], device=device)
+        qkv = torch.randn(B, 1, 3 * H * D, generator=generator, device=device).to(dtype)
+        if overlap_previous:  # as in a decoding step, q, k and v come from the kernel launched just before the call
+            qkv = qkv @ identity  # exact
+        q, k, v = (x.view(B, 1, H, D).transpose(1, 2) for x in qkv.split(H * D, dim=2))
         if config is None:
-            out = fa.flash_decode(q, k, v, k_cache, v_cache, position_tensor, arrivals)
+            out = fa.flash_decode(q, k, v, k_cache, v_cache, position_tensor, arrivals,
+                                  overlap_previous=overlap_previous)
         else:  # a tuning config: the kernels through the launcher
-            out = fa._decode(q, k, v, k_cache, v_cache, position_tensor, arrivals, config)
+            out = fa._decode(q, k, v, k_cache, v_cache, position_tensor, arrivals, config=config)
         assert not arrivals.any(), f"the kernel left its arrival counts nonzero: {arrivals.unique().tolist()}"
         # the new key and value landed in slot `position` of the buffers, and nothing else changed
         for buffer, before, new in zip(buffers, untouched, (k, v)):
@@ -461,11 +465,13 @@ def test_decode_caches_of_different_layouts():
 
 
 @needs_gpu
-def test_gpu_decode_programs_hand_over_at_random_positions():
+@pytest.mark.parametrize("overlap_previous", [False, True], ids=["serial", "overlapped"])
+def test_gpu_decode_programs_hand_over_at_random_positions(overlap_previous):
     # A call's programs hand their partial results to the last one to finish (a counter and memory ordering). The
     # interpreter runs programs one at a time, in order, so only a GPU can get that wrong: many calls, many splits.
+    # Overlapped, the kernel also starts before the product that makes q, k and v has finished.
     positions = torch.randint(0, 1024, (100,), generator=torch.Generator().manual_seed(0)).tolist()
-    check_decode(16, 12, 1024, 64, positions, torch.bfloat16, device="cuda")
+    check_decode(16, 12, 1024, 64, positions, torch.bfloat16, device="cuda", overlap_previous=overlap_previous)
 
 
 @needs_gpu
