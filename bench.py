@@ -237,7 +237,7 @@ def human(x):
 # -----------------------------------------------------------------------------
 # training steps
 
-def build_model(settings):
+def model_from_settings(settings):
     """A GPT from the model keys of `settings` (dropout off: a benchmark measures the pretraining step)."""
     from model import GPT, GPTConfig
     keys = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "attention", "fused_loss", "fp8")
@@ -339,7 +339,7 @@ def measure_training(settings, device, dtype):
     from train import autocast_context
     B, T, accumulation = settings["batch_size"], settings["block_size"], settings["gradient_accumulation_steps"]
     torch.manual_seed(settings["seed"])
-    model = build_model(settings).to(device).train()
+    model = model_from_settings(settings).to(device).train()
     optimizer = make_optimizer(model, settings, device)
     compiled = settings["compile"]
     step_model = torch.compile(model, mode=settings["compile_mode"]) if compiled else model
@@ -484,11 +484,11 @@ def baseline_settings(config):
                 bias=False)
 
 
-def fast_settings(config, device):
-    """Every lever on: our Triton attention, the fused loss, fast_compile_mode; fp8 too with fast_fp8=True on a GPU
-    that has float8 tensor cores."""
+def fast_settings(config, device, dtype):
+    """Every lever on: our Triton attention, the fused loss (except in float16, where it cannot work),
+    fast_compile_mode; fp8 too with fast_fp8=True on a GPU that has float8 tensor cores."""
     from fp8 import has_float8_tensor_cores
-    return dict(config, attention=config["fast_attention"], fused_loss=True,
+    return dict(config, attention=config["fast_attention"], fused_loss=dtype != "float16",
                 fp8=config["fast_fp8"] and has_float8_tensor_cores(device),
                 compile_mode=config["fast_compile_mode"], fused_adamw=True, bias=False)
 
@@ -511,12 +511,13 @@ def sweep_batch_sizes(variant, settings, batch_sizes, device, dtype):
             "largest_batch_is_lower_bound": all(t["status"] != "oom" for t in trials)}
 
 
-def ablation_levers(config, device):
+def ablation_levers(config, device, dtype):
     """(name, overrides of the baseline) for each lever that differs from the baseline on this device."""
     levers = []
     if config["fast_attention"] != "sdpa":
         levers.append((f"attention={config['fast_attention']}", {"attention": config["fast_attention"]}))
-    levers.append(("fused_loss", {"fused_loss": True}))
+    if dtype != "float16":
+        levers.append(("fused_loss", {"fused_loss": True}))
     from fp8 import has_float8_tensor_cores
     if has_float8_tensor_cores(device):
         levers.append(("fp8", {"fp8": True}))
@@ -535,7 +536,7 @@ def measure_levers(config, baseline, device, dtype):
     if best is None:
         return {"error": "the baseline did not run, so there is nothing to ablate against"}
     levers = []
-    for name, overrides in ablation_levers(config, device):
+    for name, overrides in ablation_levers(config, device, dtype):
         settings = dict(baseline_settings(config), batch_size=best["batch_size"], **overrides)
         trial = dict(run_guarded(measure_training, settings, device, dtype), variant=name,
                      batch_size=best["batch_size"])
@@ -555,7 +556,7 @@ def bench_train(config, device, dtype, results):
         return out
     out["baseline"] = sweep_batch_sizes("baseline", baseline_settings(config), sizes, device, dtype)
     if config["compare"]:
-        out["fast"] = sweep_batch_sizes("fast", fast_settings(config, device), sizes, device, dtype)
+        out["fast"] = sweep_batch_sizes("fast", fast_settings(config, device, dtype), sizes, device, dtype)
         base, fast = out["baseline"]["best"], out["fast"]["best"]
         out["speedup"] = fast["tokens_per_sec"] / base["tokens_per_sec"] if base and fast else None
         print(format_speedup(out), flush=True)
@@ -714,7 +715,7 @@ def bench_attention(config, device, dtype, results):
                 for s in shapes)):
             raise SystemExit(f"error: attention_shapes must be (B, H, T, D) tuples like "
                              f"--attention_shapes=((16,12,1024,64),); got {shapes!r}")
-    # bf16 as the issue asks on GPUs; fp32 on CPU, where half-precision attention is slow and not the point
+    # bf16 on GPUs, the dtype GPT training runs in; fp32 on CPU, where half-precision attention is slow and not the point
     attention_dtype = getattr(torch, dtype) if is_cuda(device) else torch.float32
     kernels = attention_kernels(device, config["attention_triton_on_cpu"])
     rows = []
@@ -735,7 +736,7 @@ def inference_model(config, device, dtype):
         model, _, _ = load_model(config["init_from"], device, attention=config["attention"])
     else:
         torch.manual_seed(config["seed"])
-        model = build_model(dict(config, fused_loss=False, fp8=False)).to(device)
+        model = model_from_settings(dict(config, fused_loss=False, fp8=False)).to(device)
     # weights (and so the KV cache) in the benchmark dtype, as transformers runs them below
     return model.to(dtype=getattr(torch, dtype)).eval()
 
@@ -1000,6 +1001,9 @@ def check_config(config):
     for m in modes:
         if m not in COMPILE_MODES:
             raise SystemExit(f"error: compile mode {m!r} is not one of {', '.join(COMPILE_MODES)}")
+    if config["fused_loss"] and config["dtype"] == "float16":
+        from model import FUSED_LOSS_FLOAT16_ERROR
+        raise SystemExit(f"error: {FUSED_LOSS_FLOAT16_ERROR}")
     if config["warmup_steps"] < 1 or config["timed_steps"] < 1:
         raise SystemExit("error: warmup_steps and timed_steps must be at least 1 (compilation happens in warm-up)")
     if config["mode"] in ("inference", "all"):

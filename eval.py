@@ -670,18 +670,28 @@ def render_markdown(report):
     return "\n".join(lines)
 
 
+def weights_file_identity(source, checkpoint_path):
+    """[path, bytes, modification time in ns] of the file the weights came from: what tells two models apart
+    when a retrained one replaces an earlier one under the same path."""
+    path = checkpoint_path or next((os.path.join(source, name) for name in ("model.safetensors", "pytorch_model.bin")
+                                    if os.path.isfile(os.path.join(source, name))), source)
+    stat = os.stat(path)
+    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+
+
 def write_report(report_dir, report, metrics_path=None):
     """Write report.json, report.md and (when metrics_path exists) loss_curves.png into report_dir.
 
-    Results of other tasks from an earlier run on the same model and step are kept, so
-    `--tasks=loss` then `--tasks=hellaswag` gives one report."""
+    Results of other tasks from an earlier run on the same weights file (path, size, modification time) are
+    kept, so `--tasks=loss` then `--tasks=hellaswag` gives one report."""
     os.makedirs(report_dir, exist_ok=True)
     json_path = os.path.join(report_dir, "report.json")
     if os.path.isfile(json_path):
         try:
             with open(json_path, encoding="utf-8") as f:
                 old = json.load(f)
-            if old.get("model") == report["model"] and old.get("step") == report.get("step"):
+            same_model = all(old.get(key) == report.get(key) for key in ("model", "step", "weights_file"))
+            if same_model:  # the same file, not only the same path: a retrained model's report starts afresh
                 report["results"] = {**old.get("results", {}), **report["results"]}
         except (OSError, json.JSONDecodeError):
             pass  # an unreadable old report is simply replaced
@@ -760,7 +770,8 @@ def run(config):
 
     report = {
         "model": source, "model_kind": "huggingface" if is_hf else "checkpoint",
-        "checkpoint": checkpoint_path, "step": (checkpoint or {}).get("step"),
+        "checkpoint": checkpoint_path, "weights_file": weights_file_identity(source, checkpoint_path),
+        "step": (checkpoint or {}).get("step"),
         "best_val_loss": (checkpoint or {}).get("best_val_loss"),
         "parameters": sum(p.numel() for p in model_.parameters()),
         "model_args": dict(vars(model_.config)), "tokenizer": _tokenizer_summary(tokenizer),

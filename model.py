@@ -605,6 +605,10 @@ class GPT(nn.Module):
         return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * seq_len
 
 
+# The gradients are made in forward, divided by the token count: in float16 most of them (about 1e-9 for GPT-2's
+# 50k-token softmax over 12k rows) underflow to 0, and the GradScaler's scale only arrives in backward.
+FUSED_LOSS_FLOAT16_ERROR = ("fused_loss=True does not work in float16 (its output-layer gradients underflow before "
+                            "loss scaling); use dtype bfloat16 or float32, or fused_loss=False")
 FUSED_LOSS_CHUNK_ROWS = 4096  # rows of logits alive at once: 4096 x 50304 is 0.8 GB in fp32, a few such at once
 
 
@@ -622,6 +626,8 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, x, weight, targets, vocab_size):
         device_type = x.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+        if dtype == torch.float16:  # float16 training scales the loss in backward, too late for these gradients
+            raise ValueError(FUSED_LOSS_FLOAT16_ERROR)
         x_c, w_c = x.to(dtype), weight.to(dtype)
         valid = targets != -1
         count = valid.sum().clamp(min=1)

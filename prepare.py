@@ -652,21 +652,29 @@ def split_tail(stream, val_fraction, folder):
     return splits
 
 
+def left_by_a_killed_process(name, pattern):
+    """Whether `name` is a temp file or folder of `pattern` (its group 1 the writer's PID) whose writer is gone,
+    i.e. was killed mid-write. A live process's temp is left alone: another run may be writing it right now."""
+    match = re.fullmatch(pattern, name)
+    if not match:
+        return False
+    pid = int(match.group(1))
+    if pid == os.getpid():  # a killed earlier run with our PID (containers reuse them): stale
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        pass
+    return False
+
+
 def clean_stale_temp_folders(out_dir):
     """Remove temp folders of earlier prepares into out_dir that were killed (their process is gone)."""
     for name in os.listdir(out_dir):
-        match = re.fullmatch(r"\.prepare-tmp-(\d+)", name)
-        if match:
-            pid = int(match.group(1))
-            if pid == os.getpid():  # a killed earlier run with our PID (containers reuse them): stale
-                shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
-                continue
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
-            except PermissionError:
-                pass
+        if left_by_a_killed_process(name, r"\.prepare-tmp-(\d+)"):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
 
 
 def check_out_dir(out_dir):

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from configurator import config_from_globals
 
 # -----------------------------------------------------------------------------
-# config defaults: GPT-2 124M's shape, batch and optimizer (config/train_gpt2.py adds its data and schedule);
-# config/*.py files and --key=value flags override them
+# config defaults: GPT-2 124M's shape, optimizer and schedule, as nanoGPT's (config/train_gpt2.py adds the data,
+# out_dir and the 40 micro-batches of its 0.5M-token step); config/*.py files and --key=value flags override them
 # I/O
 out_dir = "out"
 data_dir = "data/shakespeare_char"  # a folder written by prepare.py
@@ -300,7 +300,10 @@ def build_model(config, meta, device):
         if checkpoint["tokenizer"] != meta["tokenizer"]:
             raise SystemExit(f"error: {path} was trained on tokenizer {checkpoint['tokenizer']} but {config['data_dir']} "
                              f"was prepared with {meta['tokenizer']}; resume on the data it was trained on")
-        return model_from_checkpoint(checkpoint, config["attention"]), checkpoint
+        model = model_from_checkpoint(checkpoint, config["attention"])
+        if config["dropout"] != DEFAULTS["dropout"]:  # asked for by this run: a training option, not the shape
+            model.set_dropout(config["dropout"])
+        return model, checkpoint
     # fine-tuning: weights (and architecture) from a checkpoint or a Hugging Face folder
     if not os.path.exists(init_from):
         raise SystemExit(f"error: init_from={init_from!r} is not 'scratch', 'resume' or an existing checkpoint/folder")
@@ -331,7 +334,7 @@ def train(config):
     from checkpoint import blocking_file, save_checkpoint
     from configurator import format_config
     from model import mfu
-    from prepare import open_split, read_meta
+    from prepare import left_by_a_killed_process, open_split, read_meta
     from tokenizer import load_tokenizer
 
     device, dtype = resolve_device_and_dtype(config["device"], config["dtype"])
@@ -359,6 +362,9 @@ def train(config):
     if fsdp and (dtype == "float16" or config["hellaswag_path"]):
         raise SystemExit("error: parallel=fsdp runs in bfloat16 or float32 and without hellaswag_path; "
                          "change --dtype or drop --hellaswag_path")
+    if config["fused_loss"] and dtype == "float16":
+        from model import FUSED_LOSS_FLOAT16_ERROR
+        raise SystemExit(f"error: {FUSED_LOSS_FLOAT16_ERROR}")
     tokens_per_step = config["gradient_accumulation_steps"] * config["batch_size"] * config["block_size"]
     existing = [name for name in ("last.pt", "best.pt") if os.path.isfile(os.path.join(config["out_dir"], name))]
     new_run = config["init_from"] != "resume" and not config["eval_only"]
@@ -383,7 +389,7 @@ def train(config):
             print(f"warning: the model's shape comes from {config['init_from']}: "
                   f"{', '.join(f'{key}={shape[key]}' for key in ignored)}, not this run's "
                   f"{', '.join(f'{key}={value}' for key, value in ignored.items())}")
-        config = {**config, **shape}
+        config = {**config, **shape, "dropout": model.config.dropout}
     set_training_options(model, config, device)
     if checkpoint is not None and any(checkpoint["config"][key] != config[key] for key in (
             "gradient_accumulation_steps", "batch_size", "block_size")):
@@ -461,13 +467,17 @@ def train(config):
     if master:  # every check has passed: only now may this run touch out_dir
         os.makedirs(config["out_dir"], exist_ok=True)
         for name in os.listdir(config["out_dir"]):
-            # a temp file left by a run killed mid-write; and with --overwrite the earlier run's files, or its best.pt
-            # (which sample.py and eval.py load first) and its metrics would outlive this run's
-            left_by_a_kill = name.startswith(("last.pt.tmp.", "best.pt.tmp."))
-            overwritten = new_run and config["overwrite"] and name in ("last.pt", "best.pt", "metrics.jsonl")
+            # a temp file left by a run killed mid-write (not one a live run is writing); and with --overwrite the
+            # earlier run's files, or its best.pt (which sample.py and eval.py load first), its metrics and
+            # eval.py's report on it would outlive this run's
+            left_by_a_kill = left_by_a_killed_process(name, r"(?:last|best)\.pt\.tmp\.(\d+)")
+            overwritten = new_run and config["overwrite"] and name in (
+                "last.pt", "best.pt", "metrics.jsonl", "report.json", "report.md", "loss_curves.png")
             if left_by_a_kill or overwritten:
                 os.remove(os.path.join(config["out_dir"], name))
-    metrics_file = open(os.path.join(config["out_dir"], "metrics.jsonl"), "a", buffering=1) if master else None
+    # a new run starts its own metrics (an earlier run that never saved a checkpoint may have left some)
+    metrics_file = (open(os.path.join(config["out_dir"], "metrics.jsonl"), "w" if new_run else "a", buffering=1)
+                    if master else None)
 
     def log_metrics(record):
         if metrics_file is not None:

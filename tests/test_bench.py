@@ -212,9 +212,10 @@ def test_bad_flag_fails_in_one_line():
     ("--data_dir=/nonexistent", "no meta.json"),
     ("--n_embd=33", "must be divisible by n_head"),
     ("--batch_size=0", "batch_size must be positive integers"),
+    ("--fused_loss=True --dtype=float16", "fused_loss=True does not work in float16"),
 ])
 def test_bad_flags_are_refused_before_any_work(flag, message):
-    config = load_config(bench.DEFAULTS, [*TINY_FLAGS, "--mode=all", flag])
+    config = load_config(bench.DEFAULTS, [*TINY_FLAGS, "--mode=all", *flag.split()])
     with pytest.raises(SystemExit, match=message):
         bench.check_config(config)
         bench.use_data_vocabulary(config)

@@ -326,12 +326,26 @@ def test_cli_report_with_loss_curves(tmp_path, char_data_dir):
     report = json.loads((out_dir / "report.json").read_text())
     loss = report["results"]["loss"]
     assert loss["tokens"] == 2000 and loss["bits_per_byte"] > 0 and report["step"] == 20
-    assert loss["bits_per_byte"] == pytest.approx(loss["loss"] * loss["tokens"] / math.log(2) / loss["bytes"])
     assert loss["references"] == {}  # a folder not named tinyshakespeare: nanoGPT's 1.4697 may not apply
     assert report["plot"] == "loss_curves.png"
     with open(out_dir / "loss_curves.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert "| bits_per_byte |" in (out_dir / "report.md").read_text()
+
+
+def test_report_merges_tasks_of_one_weights_file_only(tmp_path):
+    """--tasks=loss then --tasks=lambada on one model give one report; on a model retrained under the same path
+    and step (another file), the earlier model's results must not appear beside the new one's."""
+    def report(weights_file, task, value):
+        return {"model": "out", "model_kind": "checkpoint", "step": 20, "weights_file": weights_file,
+                "parameters": 1, "model_args": {}, "tokenizer": {}, "device": "cpu", "dtype": "float32",
+                "written": "now", "results": {task: {"value": value}}}
+    ev.write_report(str(tmp_path), report(["out/best.pt", 100, 1], "loss", 1.5))
+    merged = ev.write_report(str(tmp_path), report(["out/best.pt", 100, 1], "lambada", 0.3))
+    assert set(merged["results"]) == {"loss", "lambada"}
+    retrained = ev.write_report(str(tmp_path), report(["out/best.pt", 100, 2], "lambada", 0.4))
+    assert retrained["results"] == {"lambada": {"value": 0.4}}
+    assert json.loads((tmp_path / "report.json").read_text())["results"] == {"lambada": {"value": 0.4}}
 
 
 def test_read_metrics_dedupes_resumed_steps_and_skips_broken_lines(tmp_path):

@@ -1,13 +1,13 @@
 """
 Tests for flash_attention.py: forward output and dQ, dK, dV against float64 math on fresh random inputs.
 
-    cd /work/main && python -m pytest tests/test_flash_attention.py -q
+    python -m pytest tests/test_flash_attention.py -q
 
 Without CUDA the kernels run in Triton's CPU interpreter on tiny shapes (TRITON_INTERPRET=1 is set below, before
 flash_attention is imported, because Triton reads it when the kernels are decorated). Tests decorated `needs_gpu`
-run the real shapes from issue 4 and skip without CUDA. Every output buffer the kernels write is pre-filled with NaN, so an
-element a kernel forgets to write fails the test, and NaN never passes a comparison. Each run draws a new seed; a
-failure message prints it.
+run the real shapes (GPT-2 small's B=16 H=12 T=1024 D=64, and B=4 H=16 T=4096 D=128) and skip without CUDA. Every
+output buffer the kernels write is pre-filled with NaN, so an element a kernel forgets to write fails the test,
+and NaN never passes a comparison. Each run draws a new seed; a failure message prints it.
 """
 
 import os
@@ -192,12 +192,13 @@ def test_gpu_tile_shapes_in_interpreter(causal, config_name):
         assert_close(name, x, r, TOLERANCE[torch.float16], seed)
 
 
+@needs_gpu
 def test_backward_is_deterministic():
     # No atomics: each gradient element is summed by one program in a fixed order, so reruns are bitwise equal.
-    # (Only a GPU, where programs run concurrently, could break this; the interpreter runs them one at a time.)
-    generator, _ = fresh_generator()
-    q, k, v = random_qkv((1, 2, 50, 32), torch.bfloat16, DEVICE, generator)
-    dout = torch.randn(1, 2, 50, 32, generator=generator, device=DEVICE).bfloat16()
+    # Only a GPU, where programs run concurrently, could break this (the interpreter runs them one at a time).
+    generator, _ = fresh_generator("cuda")
+    q, k, v = random_qkv((4, 12, 1000, 64), torch.bfloat16, "cuda", generator)
+    dout = torch.randn(4, 12, 1000, 64, generator=generator, device="cuda").bfloat16()
     out, lse = fa._forward(q, k, v, True, 0.2)
     first = fa._backward(dout, q, k, v, out, lse, True, 0.2)
     second = fa._backward(dout, q, k, v, out, lse, True, 0.2)
@@ -298,7 +299,7 @@ def test_torch_compile_fullgraph(backend):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# GPU tests: real shapes from issue 4, and ragged lengths through the compiled kernels.
+# GPU tests: the real shapes, and ragged lengths through the compiled kernels.
 
 
 @needs_gpu

@@ -344,6 +344,14 @@ def test_fused_loss_matches_plain_cross_entropy(autocast, monkeypatch):
         assert loss.item() != losses[1]
 
 
+def test_fused_loss_refuses_float16():
+    # its gradients, made in forward and divided by the token count, would underflow to 0 before loss scaling
+    fused = GPT(tiny_config(fused_loss=True))
+    idx, targets = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))
+    with torch.autocast("cpu", dtype=torch.float16), pytest.raises(ValueError, match="does not work in float16"):
+        fused(idx, targets)
+
+
 def test_triton_attention_trains_like_sdpa():
     """A GPT trained with our kernel follows the same loss curve as with SDPA, from the same seed (fp32; on a GPU
     if there is one, else in Triton's CPU interpreter, so the run is short)."""

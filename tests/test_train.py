@@ -329,6 +329,15 @@ def test_resume_checks_the_data_and_keeps_the_checkpoints_shape(char_data_dir, t
     assert "warning: the model's shape comes from resume: n_layer=2, not this run's n_layer=3" in result.stdout
     checkpoint = load_checkpoint(str(run_dir / "last.pt"))
     assert checkpoint["step"] == 4 and checkpoint["config"]["n_layer"] == checkpoint["model_args"]["n_layer"] == 2
+    # dropout is a training option, not the shape: a resumed run that asks for another one gets it, and records it
+    run_script(train_flags(char_data_dir, run_dir, "--init_from=resume", "--max_iters=6", "--eval_interval=2",
+                           "--dropout=0.25"))
+    checkpoint = load_checkpoint(str(run_dir / "last.pt"))
+    assert checkpoint["config"]["dropout"] == checkpoint["model_args"]["dropout"] == 0.25
+    # one that does not ask keeps the checkpoint's (an exact resume)
+    run_script(train_flags(char_data_dir, run_dir, "--init_from=resume", "--max_iters=8", "--eval_interval=2"))
+    checkpoint = load_checkpoint(str(run_dir / "last.pt"))
+    assert checkpoint["config"]["dropout"] == checkpoint["model_args"]["dropout"] == 0.25
 
 
 def test_settings_that_cannot_work_are_refused(char_data_dir, tmp_path):
@@ -337,7 +346,37 @@ def test_settings_that_cannot_work_are_refused(char_data_dir, tmp_path):
             (["--eval_only=True"], "error: eval_only=True evaluates a trained model"),
             ([f"--teacher={tmp_path}", "--distill_weight=2"], "error: distillation needs 0 <= distill_weight <= 1"),
             (["--device=mps"], "error: device must be auto, cpu, cuda or cuda:N, got 'mps'"),
-            ([f"--out_dir={tmp_path / 'a-file'}"], "is a file; pick another --out_dir")):
+            ([f"--out_dir={tmp_path / 'a-file'}"], "is a file; pick another --out_dir"),
+            (["--fused_loss=True", "--dtype=float16"], "error: fused_loss=True does not work in float16")):
         result = run_script(train_flags(char_data_dir, tmp_path / "out", *flags), check=False)
         assert result.returncode != 0 and message in result.stderr.strip().splitlines()[-1], (flags, result.stderr)
     assert not os.path.exists(tmp_path / "out")  # a run that never started leaves no folder behind
+
+
+def test_a_new_run_leaves_live_writers_alone_and_starts_its_own_metrics(char_data_dir, tmp_path):
+    """A temp checkpoint whose writer is alive (another run saving into the same folder) is not deleted, one whose
+    writer is gone is; and an earlier run that never saved a checkpoint leaves no metrics in the new run's."""
+    tmp_path.mkdir(exist_ok=True)
+    live = subprocess.Popen(["sleep", "60"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        (tmp_path / f"last.pt.tmp.{live.pid}").write_bytes(b"being written")
+        (tmp_path / f"best.pt.tmp.{dead.pid}").write_bytes(b"left by a kill")
+        (tmp_path / "metrics.jsonl").write_text(json.dumps({"type": "train", "step": 99, "loss": 9.0}) + "\n")
+        run_script(train_flags(char_data_dir, tmp_path, "--max_iters=2", "--eval_interval=2"))
+        assert (tmp_path / f"last.pt.tmp.{live.pid}").read_bytes() == b"being written"
+        assert not (tmp_path / f"best.pt.tmp.{dead.pid}").exists()
+        assert sorted(logged_losses(tmp_path)) == [1, 2]
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_overwrite_removes_the_earlier_runs_eval_report(char_data_dir, tmp_path):
+    run_script(train_flags(char_data_dir, tmp_path, "--max_iters=2", "--eval_interval=2"))
+    run_script(["eval.py", f"--model={tmp_path}", "--tasks=loss", "--device=cpu", "--max_tokens=200",
+                "--progress=False"])
+    assert (tmp_path / "report.json").exists() and (tmp_path / "report.md").exists()
+    run_script(train_flags(char_data_dir, tmp_path, "--max_iters=2", "--eval_interval=2", "--overwrite=True"))
+    assert not (tmp_path / "report.json").exists() and not (tmp_path / "report.md").exists()
