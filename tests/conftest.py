@@ -24,6 +24,19 @@ TINY_TRAIN_FLAGS = [
 ]
 
 
+def fresh_seed():
+    """A new seed each run (a failure message should print it), so that tests see fresh random inputs."""
+    return int.from_bytes(os.urandom(4), "little")
+
+
+def tiny_config(**overrides):
+    """A GPTConfig small enough for the CPU: 2 layers, 32 wide, a 97-token vocabulary, plain SDPA attention."""
+    from model import GPTConfig
+    args = dict(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True, attention="sdpa")
+    args.update(overrides)
+    return GPTConfig(**args)
+
+
 def run_script(args, check=True, env=None, **kwargs):
     """Run one of the repo's scripts in a fresh interpreter; returns the CompletedProcess."""
     result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,

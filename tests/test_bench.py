@@ -4,12 +4,13 @@ sizing arithmetic against hand-computed values."""
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import bench
 from configurator import load_config
-from conftest import run_script
+from conftest import fresh_seed, run_script, tiny_config
 from model import GPT, GPTConfig
 
 # a tiny model, compile off, few steps: the point is that every code path runs
@@ -224,7 +225,6 @@ def test_bad_flags_are_refused_before_any_work(flag, message):
 def test_a_failed_section_fails_the_run(tmp_path):
     """A section that breaks (here: inference from a checkpoint too short for the prompts) leaves the others'
     results, and the exit status says it failed."""
-    import torch
     from checkpoint import save_checkpoint
     from model import GPT, GPTConfig
     model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
@@ -271,3 +271,43 @@ def test_json_path_under_a_file_is_refused_before_any_work(tmp_path):
     assert result.stderr.strip().splitlines() == [f"error: --json={tmp_path / 'jf' / 'b.json'}: {tmp_path / 'jf'} is "
                                                   f"a file, not a folder; pass a path in a folder"]
     assert (tmp_path / "jf").read_text() == "keep me"
+
+
+# the gaps a mutation audit found (each test fails on a plausible bug the suite let through)
+
+def test_bench_training_throughput_and_mfu_from_the_step_time(monkeypatch):
+    """tokens/s = batch x block x accumulation / step time, MFU = flops_per_token x tokens/s / peak, with the
+    step time and the peak fixed (on a CPU the real MFU is None, so nothing else checks this arithmetic).
+    Kills: tokens/s without the accumulation factor."""
+    import bench
+    import model as model_module
+    from configurator import load_config
+    step_ms = float(np.random.default_rng(fresh_seed()).uniform(10, 100))
+    monkeypatch.setattr(bench, "time_steps", lambda run_step, n, device: ([step_ms] * n, step_ms))
+    monkeypatch.setattr(model_module, "peak_flops", lambda device: 1e12)
+    config = load_config(bench.DEFAULTS, ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16",
+                                          "--vocab_size=97", "--compile=False", "--batch_size=3",
+                                          "--gradient_accumulation_steps=4", "--warmup_steps=1", "--timed_steps=2"])
+    result = bench.measure_training(bench.baseline_settings(config), "cpu", "float32")
+    assert result["tokens_per_sec"] == pytest.approx(3 * 16 * 4 / (step_ms / 1000))
+    flops_per_token = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=97,
+                                    bias=False)).flops_per_token(16)
+    assert result["mfu"] == pytest.approx(flops_per_token * result["tokens_per_sec"] / 1e12)
+
+
+def test_bench_training_state_is_the_bytes_adamw_really_keeps():
+    """bench's bytes per parameter against the tensors a real step leaves behind: fp32 weights, their gradients
+    and AdamW's two moments (train.py's optimizer, one step of a tiny GPT). Kills: 12 bytes per parameter."""
+    import bench
+    from train import configure_optimizer
+    model = GPT(tiny_config())
+    optimizer = configure_optimizer(model, {"weight_decay": 0.1, "learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.95},
+                                    "cpu")
+    _, loss = model(torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16)))
+    loss.backward()
+    optimizer.step()
+    params = list(model.parameters())
+    held = sum(t.numel() * t.element_size() for p in params for t in (p, p.grad))
+    held += sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
+                if torch.is_tensor(t) and t.dim() > 0)  # exp_avg, exp_avg_sq (not the scalar step count)
+    assert bench.training_state_bytes(sum(p.numel() for p in params)) == held

@@ -5,14 +5,9 @@ import math
 import pytest
 import torch
 
+from conftest import fresh_seed, tiny_config
 from model import (GPT, Decoder, GPTConfig, KVCache, cache_bucket, check_sampling, mfu, peak_flops,
                    reference_attention, sample_next_token)
-
-
-def tiny_config(**overrides):
-    args = dict(block_size=32, vocab_size=97, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True, attention="sdpa")
-    args.update(overrides)
-    return GPTConfig(**args)
 
 
 def test_padded_vocab_and_logit_shape():
@@ -377,3 +372,64 @@ def test_triton_attention_trains_like_sdpa():
     assert curves["triton"][-1] < curves["triton"][0] - 0.3  # it learned something
     for triton_loss, sdpa_loss in zip(curves["triton"], curves["sdpa"]):
         assert abs(triton_loss - sdpa_loss) < 1e-4
+
+
+# the gaps a mutation audit found (each test fails on a plausible bug the suite let through)
+
+def nucleus_reference(logits, temperature, top_k, top_p):
+    """float64: softmax(logits / T), keep the top_k most likely, renormalize, then keep the smallest prefix (most
+    likely first) whose mass reaches top_p, renormalized."""
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    order = probs.argsort(descending=True).tolist()
+    if top_k:
+        order = order[:top_k]
+    mass = sum(probs[i].item() for i in order)
+    kept, covered = [], 0.0
+    for i in order:
+        if top_p is not None and covered >= top_p:
+            break
+        kept.append(i)
+        covered += probs[i].item() / mass
+    expected = torch.zeros_like(probs)
+    expected[kept] = probs[kept] / probs[kept].sum()
+    return expected
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 3, None), (1.3, None, 0.7), (0.8, 5, 0.6)])
+def test_top_k_and_top_p_sample_the_renormalized_kept_tokens(temperature, top_k, top_p):
+    """Frequencies of 40,000 draws against the float64 distribution. Kills: top-k keeping only the largest logit
+    (kth = values[:, [0]]), and a nucleus cut at top_p / 2 (which the subset check of test_sampling_filters
+    cannot see: a smaller nucleus still only draws allowed tokens)."""
+    generator = torch.Generator().manual_seed(fresh_seed())
+    while True:  # no token above 0.3 after temperature: the nucleus and the top-k set hold several tokens
+        logits = torch.randn(8, generator=generator)
+        if torch.softmax(logits / temperature, dim=-1).max() < 0.3:
+            break
+    expected = nucleus_reference(logits, temperature, top_k, top_p)
+    draws = torch.cat([sample_next_token(logits.expand(1000, 8), temperature, top_k, top_p, generator)
+                       for _ in range(40)])
+    frequencies = torch.bincount(draws.flatten(), minlength=8).double() / draws.numel()
+    assert (frequencies[expected == 0] == 0).all()
+    assert (frequencies - expected).abs().max() < 0.012  # 5 standard errors at p = 0.5
+
+
+
+def test_init_matches_hugging_face_gpt2_statistics():
+    """GPT-2's init, as transformers implements it: N(0, 0.02) matrices and embeddings, the residual projections
+    (c_proj) at 0.02 / sqrt(2 n_layer), zero biases, unit LayerNorm scales. Kills: c_proj at plain 0.02."""
+    transformers = pytest.importorskip("transformers")
+    shape = dict(n_layer=6, n_head=4, n_embd=128)
+    ours = GPT(GPTConfig(block_size=64, vocab_size=512, bias=True, attention="sdpa", **shape))
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_positions=64, vocab_size=512, **shape))
+    hf_params = dict(hf.named_parameters())
+    names = [name for name, _ in ours.named_parameters()]
+    assert set(names) <= set(hf_params) and any(name.endswith("c_proj.weight") for name in names)
+    for name, p in ours.named_parameters():
+        ours_values, hf_values = p.detach().double().flatten(), hf_params[name].detach().double().flatten()
+        assert ours_values.numel() == hf_values.numel(), name
+        hf_std = hf_values.std().item()
+        if hf_std == 0:  # biases and LayerNorm parameters: constants
+            assert torch.equal(ours_values, hf_values), name
+        else:  # >= 8192 draws each: the sample std is within 1% of the true one, a wrong scale is off by 2x+
+            assert ours_values.std().item() == pytest.approx(hf_std, rel=0.05), name
+            assert abs(ours_values.mean().item()) < 0.05 * hf_std, name

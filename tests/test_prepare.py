@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import prepare  # noqa: E402
-from conftest import SHARED  # noqa: E402
+from conftest import SHARED, fresh_seed  # noqa: E402
 from prepare import PrepareError, open_split, read_meta  # noqa: E402
 from tokenizer import EOT_TEXT, load_tokenizer  # noqa: E402
 
@@ -602,3 +602,27 @@ def test_huggingface_source_without_datasets(tmp_path):
         pass
     line = prepare_fails(tmp_path, "--input=hf:roneneldan/TinyStories")
     assert "pip install datasets" in line and "offline" in line
+
+
+# the gaps a mutation audit found (each test fails on a plausible bug the suite let through)
+
+
+def test_token_dtype_at_the_uint16_boundary(tmp_path):
+    """uint16 holds ids up to 65535: a char vocabulary of 65,536 characters plus end-of-text (id 65536, written
+    between the two documents) needs uint32, and every id, end-of-text included, must read back. Kills: a
+    threshold a little above 65535 (the existing test's 70,001 tokens are far from it)."""
+    import prepare
+    from prepare import open_split, read_meta
+    from tokenizer import EOT_TEXT, load_tokenizer
+    chars = [chr(c) for c in range(0x20000, 0x20000 + 65_536)]
+    np.random.default_rng(fresh_seed()).shuffle(chars)
+    (tmp_path / "docs").mkdir()
+    halves = ("".join(chars[:40_000]), "".join(chars[40_000:]))
+    for name, text in zip(("a.txt", "b.txt"), halves):
+        (tmp_path / "docs" / name).write_text(text, encoding="utf-8")
+    meta = prepare.prepare(dict(prepare.DEFAULTS, input=str(tmp_path / "docs"), tokenizer="char",
+                                out_dir=str(tmp_path / "out"), workers=1))
+    assert meta["vocab_size"] == 65_537 and meta["eot_token"] == 65_536 and meta["dtype"] == "uint32"
+    tokenizer = load_tokenizer(read_meta(tmp_path / "out")["tokenizer"])
+    tokens = np.concatenate([np.concatenate(open_split(tmp_path / "out", split)) for split in ("train", "val")])
+    assert tokenizer.decode(tokens.tolist()) == halves[0] + EOT_TEXT + halves[1]

@@ -1,8 +1,11 @@
 """sample.py: streams text from our checkpoints and Hugging Face folders; prompts; errors."""
 
+import numpy as np
 import pytest
+import torch
 
-from conftest import TINY_TRAIN_FLAGS, run_script
+from conftest import TINY_TRAIN_FLAGS, fresh_seed, run_script, tiny_config
+from model import GPT
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,6 @@ def test_samples_from_a_hugging_face_folder(tmp_path):
     transformers = pytest.importorskip("transformers")
     config = transformers.GPT2Config(n_positions=64, n_embd=32, n_layer=2, n_head=2)  # the GPT-2 vocabulary
     transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path)
-    import torch
     from tokenizer import load_tokenizer
     out = sample(tmp_path, "--start=Hello world", "--num_samples=1", "--max_new_tokens=5", "--temperature=0").stdout
     hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
@@ -70,7 +72,6 @@ def test_errors_are_one_line(tiny_checkpoint, tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {corrupt} is not a readable checkpoint")
     state_dict = tmp_path / "state_dict.pt"  # a .pt file that is not one of train.py's checkpoints
-    import torch
     torch.save({"weight": torch.zeros(2)}, state_dict)
     result = sample(state_dict, check=False)
     assert result.returncode != 0
@@ -97,7 +98,6 @@ def test_errors_are_one_line(tiny_checkpoint, tmp_path):
 
 def test_export_a_checkpoint_to_hugging_face(tiny_checkpoint, tmp_path):
     transformers = pytest.importorskip("transformers")
-    import torch
     from checkpoint import load_model
     run_script(["checkpoint.py", f"--model={tiny_checkpoint}", f"--export_hf={tmp_path / 'hf'}"])
     ours, _, _ = load_model(tiny_checkpoint)
@@ -152,7 +152,6 @@ def test_unreadable_hugging_face_folders_fail_in_one_line(tiny_checkpoint, tmp_p
                                                              f"truncated or corrupt"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     # the older format: a pytorch_model.bin cut short
-    import torch
     from safetensors.torch import load
     torch.save(load(weights), hf / "pytorch_model.bin")
     (hf / "model.safetensors").unlink()
@@ -204,3 +203,36 @@ def test_atomic_write_gives_the_permissions_open_would(tmp_path):
         os.umask(umask)
     assert os.stat(tmp_path / "f.bin").st_mode & 0o777 == 0o640
     assert os.listdir(tmp_path) == ["f.bin"]  # no temp file left behind
+
+
+# the gaps a mutation audit found (each test fails on a plausible bug the suite let through)
+
+def test_generate_text_keeps_the_end_of_a_prompt_longer_than_block_size():
+    """A prompt longer than block_size: the model sees its last block_size tokens, as the uncached generate (a
+    second code path) crops; the text must equal that path's, and the model must have been given the prompt's last
+    block_size tokens (a random model's greedy text can coincide for two contexts). Kills: the prompt cropped to
+    its first block_size tokens."""
+    from sample import generate_text
+    from tokenizer import load_tokenizer
+    tokenizer = load_tokenizer({"name": "char", "chars": "abcdefgh \n"})
+    model = GPT(tiny_config(vocab_size=tokenizer.vocab_size)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)  # peaked predictions: greedy tokens depend on the context
+    rng = np.random.default_rng(fresh_seed())
+    prompt = "".join(rng.choice(list("abcdefgh \n"), size=3 * model.config.block_size))
+    seen, generate = [], model.generate
+
+    def recording_generate(idx, *args, **kwargs):
+        seen.append(idx.clone())
+        return generate(idx, *args, **kwargs)
+
+    model.generate = recording_generate
+    text = generate_text(model, tokenizer, prompt, 20, temperature=0, top_k=0, top_p=1.0, device="cpu")
+    del model.generate
+    idx = torch.tensor([tokenizer.encode(prompt)])
+    assert seen[0].tolist() == [tokenizer.encode(prompt)[-model.config.block_size:]]  # what the model was given
+    tokens = torch.cat(list(model.generate(idx, 20, temperature=0, use_cache=False,
+                                           eot_token=tokenizer.eot_token)), dim=1)[0].tolist()
+    expected = tokenizer.decode(tokens[:tokens.index(tokenizer.eot_token)] if tokenizer.eot_token in tokens else tokens)
+    assert text == expected

@@ -7,11 +7,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from checkpoint import load_checkpoint, save_checkpoint
-from conftest import ROOT, TINY_TRAIN_FLAGS, run_script
+from conftest import ROOT, TINY_TRAIN_FLAGS, fresh_seed, run_script, tiny_config
+from model import GPT
 
 
 def train_flags(data_dir, out_dir, *extra):
@@ -380,3 +382,177 @@ def test_overwrite_removes_the_earlier_runs_eval_report(char_data_dir, tmp_path)
     assert (tmp_path / "report.json").exists() and (tmp_path / "report.md").exists()
     run_script(train_flags(char_data_dir, tmp_path, "--max_iters=2", "--eval_interval=2", "--overwrite=True"))
     assert not (tmp_path / "report.json").exists() and not (tmp_path / "report.md").exists()
+
+
+# the gaps a mutation audit found (each test fails on a plausible bug the suite let through)
+
+
+def test_lr_schedule_matches_torch_schedulers():
+    """get_lr against torch's LinearLR (the warmup: (step + 1) / (warmup + 1) of the peak) and CosineAnnealingLR
+    (the decay to min_lr), then min_lr. Kills: warmup from 0, the cosine's period doubled, learning_rate after
+    lr_decay_iters."""
+    from train import get_lr
+    rng = np.random.default_rng(fresh_seed())
+    warmup, decay = int(rng.integers(2, 20)), int(rng.integers(25, 80))
+    lr = float(rng.uniform(1e-4, 1e-2))
+    min_lr = lr * float(rng.uniform(0.01, 0.3))
+    config = dict(decay_lr=True, learning_rate=lr, min_lr=min_lr, warmup_iters=warmup, lr_decay_iters=decay)
+
+    def lrs(make_scheduler, steps):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+        scheduler = make_scheduler(optimizer)
+        out = []
+        for _ in range(steps):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return out
+
+    expected = lrs(lambda o: torch.optim.lr_scheduler.LinearLR(o, 1 / (warmup + 1), 1.0, total_iters=warmup), warmup)
+    expected += lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=decay - warmup, eta_min=min_lr),
+                    decay - warmup + 1)
+    expected += [min_lr] * 10
+    actual = [get_lr(step, config) for step in range(len(expected))]
+    assert actual == pytest.approx(expected, rel=1e-9, abs=0)
+    assert get_lr(decay // 2, dict(config, decay_lr=False)) == lr
+
+
+def test_batch_sampler_windows_are_uniform_consecutive_and_shifted_by_one():
+    """Shards whose tokens encode (shard, position): every drawn row must be block_size + 1 consecutive tokens of
+    one shard starting at the drawn offset, y = x shifted by one, and every window of every shard equally likely.
+    Kills: x and y swapped in gather, searchsorted side='left' (a boundary window maps to the wrong shard), a
+    window count one too high (a short last window)."""
+    from train import BatchSampler
+    block_size, lengths = 4, (5, 12, 9, 4)  # 1, 8, 5 and 0 windows: a shard with exactly one, and one with none
+    shards = [np.arange(s * 1000, s * 1000 + n, dtype=np.uint16) for s, n in enumerate(lengths)]
+    sampler = BatchSampler(shards, block_size, seed=fresh_seed())
+    offsets = sampler.draw_offsets(14_000)
+    x, y = sampler.gather(offsets)
+    assert x.shape == y.shape == (14_000, block_size)
+    starts = torch.tensor([1000 * s + o for s, o in offsets])
+    assert torch.equal(x, starts[:, None] + torch.arange(block_size))  # the window at the drawn offset
+    assert torch.equal(y, x + 1)  # targets: the next token of the same shard
+    windows = [(s, o) for s, n in enumerate(lengths) for o in range(max(0, n - block_size))]
+    counts = {window: 0 for window in windows}
+    for window in offsets:
+        counts[window] += 1  # a KeyError here is a window that does not exist
+    expected = len(offsets) / len(windows)  # 1000 each; the standard deviation is about 31
+    assert all(abs(count - expected) < 5 * expected ** 0.5 for count in counts.values()), counts
+
+
+def test_estimate_loss_leaves_the_training_data_order_alone(char_data_dir):
+    """Evaluation draws from a fixed seed and then restores each sampler's generator: the training batches after
+    an eval are those a run without evals would draw (a twin sampler). And its numbers are the mean loss over the
+    batches a generator seeded `seed` draws. Kills: the generator state not restored after the estimate."""
+    from contextlib import nullcontext
+
+    from prepare import open_split, read_meta
+    from train import BatchSampler, estimate_loss
+    meta = read_meta(char_data_dir)
+    model = GPT(tiny_config(vocab_size=meta["vocab_size"]))
+    seed, eval_seed = fresh_seed() % 10_000, 1000
+    samplers = {split: BatchSampler(open_split(char_data_dir, split), 32, seed + i) for i, split in
+                enumerate(("train", "val"))}
+    twins = {split: BatchSampler(open_split(char_data_dir, split), 32, seed + i) for i, split in
+             enumerate(("train", "val"))}
+    for split in samplers:  # both somewhere mid-stream, as in training
+        assert samplers[split].draw_offsets(7) == twins[split].draw_offsets(7)
+    estimates = estimate_loss(model, samplers, 3, 4, "cpu", nullcontext(), 0, 1, eval_seed)
+    assert model.training
+    for split in samplers:
+        assert samplers[split].draw_offsets(5) == twins[split].draw_offsets(5), split
+        reference = BatchSampler(open_split(char_data_dir, split), 32, eval_seed)
+        with torch.no_grad():
+            model.eval()
+            losses = [model(*reference.gather(reference.draw_offsets(4)))[1].item() for _ in range(3)]
+            model.train()
+        assert estimates[split] == pytest.approx(np.mean(losses), rel=1e-6), split
+
+
+def test_train_estimates_val_loss_on_the_val_split(char_data_dir, tmp_path, monkeypatch):
+    """The samplers train() hands to estimate_loss read the split they are named after (their tokens equal
+    open_split's). Kills: the val sampler built over the train shards (val loss = train loss)."""
+    import train
+    from configurator import load_config
+    from conftest import TINY_TRAIN_FLAGS
+    from prepare import open_split
+    seen = {}
+    original = train.estimate_loss
+
+    def recording(model, samplers, *args):
+        seen.update({split: np.concatenate(sampler.shards) for split, sampler in samplers.items()})
+        return original(model, samplers, *args)
+
+    monkeypatch.setattr(train, "estimate_loss", recording)
+    config = load_config(train.DEFAULTS, [*TINY_TRAIN_FLAGS, f"--data_dir={char_data_dir}", f"--out_dir={tmp_path}",
+                                          "--max_iters=0"])
+    train.train(config)
+    assert set(seen) == {"train", "val"}
+    for split in seen:
+        assert np.array_equal(seen[split], np.concatenate(open_split(char_data_dir, split))), split
+
+
+def test_resume_keeps_the_best_val_loss(char_data_dir, tmp_path):
+    """best.pt is the lowest val loss of the whole run, across a resume: a resumed run that learns nothing
+    (learning_rate 0: the same val loss again) must leave best.pt alone. Kills: best_val_loss not restored from
+    the checkpoint (the first eval after a resume always 'improves')."""
+    from checkpoint import load_checkpoint
+    from conftest import TINY_TRAIN_FLAGS, run_script
+    flags = ["train.py", *TINY_TRAIN_FLAGS, f"--data_dir={char_data_dir}", f"--out_dir={tmp_path}", "--eval_interval=3"]
+    run_script([*flags, "--max_iters=3", "--learning_rate=1e-2"])
+    assert load_checkpoint(str(tmp_path / "best.pt"))["step"] == 3
+    run_script([*flags, "--max_iters=6", "--init_from=resume", "--learning_rate=0.0", "--min_lr=0.0"])
+    assert load_checkpoint(str(tmp_path / "last.pt"))["step"] == 6
+    assert load_checkpoint(str(tmp_path / "best.pt"))["step"] == 3
+
+
+def test_weight_decay_only_on_linear_and_embedding_weights():
+    """GPT-2 / nanoGPT's AdamW groups, classified by module type (a second code path to the dim() rule): decay on
+    the weights of Linear and Embedding layers, none on biases and LayerNorm. Kills: the two groups swapped."""
+    from train import configure_optimizer
+    model = GPT(tiny_config(bias=True))
+    optimizer = configure_optimizer(model, {"weight_decay": 0.1, "learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.95},
+                                    "cpu")
+    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    expected = {}
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            decayed = isinstance(module, (torch.nn.Linear, torch.nn.Embedding)) and name == "weight"
+            expected[id(p)] = 0.1 if decayed else 0.0
+    assert decay == expected
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(model.parameters()))
+
+
+
+def test_save_checkpoint_replaces_the_file_instead_of_rewriting_it(tmp_path):
+    """A reader that opened the checkpoint before a save keeps reading the complete old file: the new file gets
+    the path by a rename (a new inode), never by rewriting the old one in place, which a crash or kill could leave
+    half done. Deterministic, unlike a kill at a random moment (which lands mostly while the temp file is written).
+    Kills: the final rename replaced by a copy into the existing file, and torch.save straight into the path."""
+    from checkpoint import save_checkpoint
+    path = tmp_path / "last.pt"
+    old = torch.randn(50_000)
+    save_checkpoint({"weights": old}, str(path))
+    with open(path, "rb") as reader:
+        save_checkpoint({"weights": torch.randn(80_000)}, str(path))
+        assert torch.equal(torch.load(reader, weights_only=True)["weights"], old)
+    assert torch.load(path, weights_only=True)["weights"].numel() == 80_000
+    assert os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_load_model_from_an_out_dir_takes_best_pt(tmp_path):
+    """An out_dir with both files: sample.py and eval.py load best.pt (the lowest val loss), not last.pt.
+    Kills: find_checkpoint trying last.pt first."""
+    from dataclasses import asdict
+
+    from checkpoint import load_model, save_checkpoint
+    for name in ("last.pt", "best.pt"):
+        model = GPT(tiny_config())
+        save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config),
+                         "tokenizer": {"name": "char", "chars": "".join(chr(32 + i) for i in range(96))}},
+                        str(tmp_path / name))
+        if name == "best.pt":
+            best = model.state_dict()
+    loaded, _, _ = load_model(str(tmp_path))
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, best[name]), name
