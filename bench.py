@@ -807,7 +807,10 @@ def bench_inference(config, device, dtype, results):
     sizes = as_int_tuple(config["inference_batch_sizes"], "inference_batch_sizes") \
         if config["inference_batch_sizes"] is not None else (1, 16)
     model = inference_model(config, device, dtype)
-    check_generation_lengths(config, model.config.block_size)
+    try:  # a loaded model's own block_size, known only now
+        check_generation_lengths(config, model.config.block_size)
+    except ValueError as error:  # the settings, not the code: one line
+        raise SystemExit(f"error: {error}") from None
     # on a GPU the cached step is a replayed CUDA graph, of the torch.compiled step when compile=True (compiled in
     # the warm-up, untimed); the uncompiled graph is timed too, to show what compiling it is worth
     compiled = config["compile"] and is_cuda(device)
@@ -1046,6 +1049,9 @@ def check_config(config):
                              f"pass a path in a folder")
         if os.path.isdir(config["json"]):
             raise SystemExit(f"error: --json={config['json']} is a folder; pass a file path like out/bench.json")
+        if os.path.exists(config["json"]) and not os.path.isfile(os.path.realpath(config["json"])):
+            raise SystemExit(f"error: --json={config['json']} is not a regular file (a device or a pipe); pass a "
+                             f"file path like out/bench.json")
 
 
 def check_generation_lengths(config, block_size):
@@ -1053,7 +1059,8 @@ def check_generation_lengths(config, block_size):
     longest = max(config["prompt_length"] + config["new_tokens"], config["prefill_length"] + 1)
     if longest > block_size:
         raise ValueError(f"prompt_length + new_tokens and prefill_length + 1 must fit in the model's block_size "
-                         f"{block_size}, the longest is {longest}; lower them (or raise --block_size)")
+                         f"{block_size}, the longest is {longest}; lower --prompt_length, --new_tokens and "
+                         f"--prefill_length" + ("" if config["init_from"] else " (or raise --block_size)"))
 
 
 def use_data_vocabulary(config):
@@ -1128,7 +1135,11 @@ def main(config):
 
 if __name__ == "__main__":
     from configurator import load_config
-    results = main(load_config(DEFAULTS, sys.argv[1:]))
+    try:
+        results = main(load_config(DEFAULTS, sys.argv[1:]))
+    except KeyboardInterrupt:  # Ctrl-C: what --json holds is the sections that finished, as sample.py and eval.py
+        print("\ninterrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     failed = [name for name, section in results.items() if "error" in section
               or (name == "train" and train_failed(section))]  # its table says which runs failed, and why
     if failed:  # the other sections' results are printed (and in --json); the exit status still says it failed

@@ -23,6 +23,11 @@ from tokenizer import load_tokenizer
 def atomic_write(path, write):
     """Call write(binary_file) on a temp file, fsync it, then rename it to `path`: readers (and a crash or
     kill -9 at any moment) see the previous complete file or the new complete file, never half of one."""
+    # a rename would replace a link, a device (--json=/dev/stdout) or a pipe rather than write into it: a link is
+    # followed to its file, anything else that is not a file is refused
+    path = os.path.realpath(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(f"{path} exists and is not a regular file; write to a file path instead")
     # a temp file per process (two processes may write one report), beside `path` so that the rename is atomic;
     # a process killed mid-write leaves its temp file behind
     tmp_path = f"{path}.tmp.{os.getpid()}"
@@ -143,6 +148,10 @@ if __name__ == "__main__":
     if blocker := blocking_file(folder):
         raise SystemExit(f"error: --export_hf={folder}: {blocker} is a file, not a folder; pass a new "
                          f"or existing folder")
+    if any(os.path.exists(os.path.join(folder, name)) for name in ("best.pt", "last.pt")):
+        # sample.py and eval.py read a folder with config.json as a Hugging Face one: the run would be hidden
+        raise SystemExit(f"error: {folder} holds a training run (best.pt / last.pt); export into another folder, "
+                         f"e.g. --export_hf={os.path.normpath(folder)}-hf")
     existing = [name for name in ("config.json", "model.safetensors", "pytorch_model.bin")
                 if os.path.exists(os.path.join(folder, name))]
     if existing and not config["overwrite"]:

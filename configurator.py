@@ -60,6 +60,9 @@ def _read_config_file(path):
             f"config file '{path}' not found; pass an existing file like config/train_shakespeare_char.py "
             f"or a flag of the form --key=value"
         )
+    if not path.endswith(".py"):  # JSON, YAML, ...: run as Python they would set nothing, silently
+        raise ConfigError(f"config file '{path}' is not a .py file; config files are Python assignments "
+                          f"(batch_size = 4), like config/train_shakespeare_char.py")
     namespace = {}
     with open(path) as f:
         code = f.read()
@@ -68,10 +71,13 @@ def _read_config_file(path):
     except Exception as e:
         raise ConfigError(f"config file '{path}' failed to run: {type(e).__name__}: {e}") from None
     # only plain data assignments count; imports and helpers inside the file are ignored
-    return {
+    settings = {
         k: v for k, v in namespace.items()
         if not k.startswith("_") and isinstance(v, (int, float, bool, str, type(None), list, tuple, dict))
     }
+    if not settings:
+        raise ConfigError(f"config file '{path}' sets nothing; write assignments like batch_size = 4")
+    return settings
 
 
 def load_config(defaults, argv):

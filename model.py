@@ -589,10 +589,10 @@ class GPT(nn.Module):
                     if bias_name not in tensors:
                         out_dim = tensors[name].size(-1) if name.endswith(self._HF_TRANSPOSED) else tensors[name].size(0)
                         tensors[bias_name] = torch.zeros(out_dim)
-        with open(os.path.join(path, "model.safetensors"), "wb") as f:  # not save_file: it makes the file 0600
-            f.write(save(tensors, metadata={"format": "pt"}))
-        with open(os.path.join(path, "config.json"), "w") as f:
-            json.dump(hf_config, f, indent=2)
+        from checkpoint import atomic_write  # each file whole or not at all: an earlier export survives a failure
+        # not safetensors' save_file: it makes the file 0600
+        atomic_write(os.path.join(path, "model.safetensors"), lambda f: f.write(save(tensors, metadata={"format": "pt"})))
+        atomic_write(os.path.join(path, "config.json"), lambda f: f.write(json.dumps(hf_config, indent=2).encode()))
 
     # ------------------------------------------------------------------------------------------
     # speed accounting

@@ -470,19 +470,41 @@ def open_input(config, download_folder):
     if not os.path.exists(path):
         raise PrepareError(f"input path '{spec}' does not exist; pass a file, a folder or a .jsonl file with "
                            f"--input=PATH, or leave --input out for the built-in Shakespeare plays")
-    if os.path.isdir(path):
+    is_file = not os.path.isdir(path)
+    json_lines = is_file and path.lower().endswith(".jsonl")
+    if is_file and path.lower().endswith(".json"):  # JSON Lines under another name, or one JSON document
+        if not first_line_is_json_object(path):
+            raise PrepareError(f"{spec} is a .json file but not JSON Lines (one object per line, e.g. "
+                               f'{{"text": "..."}}); convert it, or rename it .txt to train on its characters')
+        json_lines = True
+    if not json_lines and config["text_field"] != DEFAULTS["text_field"]:  # asked for, and it would be ignored
+        raise PrepareError(f"--text_field applies to JSON Lines (.jsonl) and hf: inputs; {spec} is read as plain "
+                           f"text")
+    if not is_file:
         paths = folder_files(path, config["include"])
         if not paths:
             wanted = ", ".join(FOLDER_PATTERNS + ((config["include"],) if config["include"] else ()))
             raise PrepareError(f"folder '{spec}' has no {wanted} files; add others with --include='*.EXT'")
         return files_input({"kind": "folder", "location": path, "documents": len(paths)}, paths)
-    if path.endswith(".jsonl"):
+    if json_lines:
         field_name = config["text_field"]
         return Input({"kind": "jsonl", "location": path, "text_field": field_name},
                      lambda stats, strict: read_jsonl(path, field_name, stats, strict),
                      count_nonblank_lines(path, math.ceil(MIN_VAL_DOCUMENTS / config["val_fraction"])),
                      os.path.getsize(path))
     return files_input({"kind": "file", "location": path}, [path])
+
+
+def first_line_is_json_object(path):
+    """Whether the first non-blank line of `path` is a JSON object: JSON Lines, whatever the file is called."""
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                try:
+                    return isinstance(json.loads(raw), dict)
+                except ValueError:  # not JSON (UnicodeDecodeError included)
+                    return False
+    return False
 
 
 # -----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 One process (CPU or one GPU):
     python train.py config/train_shakespeare_char.py
-    python train.py config/train_default.py --max_iters=500 --device=cpu
+    python train.py config/train_default.py --max_iters=500 --lr_decay_iters=500 --device=cpu
 Several GPUs on one node with DDP (or FSDP2 with --parallel=fsdp, which shards weights and optimizer state):
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
 Several nodes: torchrun's own flags (--nnodes, --node_rank, --rdzv_endpoint ...).
@@ -342,6 +342,10 @@ def train(config):
     if device.startswith("cuda"):
         torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls, as nanoGPT
     master = rank == 0
+    if not config["out_dir"]:
+        raise SystemExit("error: out_dir is empty; name a folder for the checkpoints, e.g. --out_dir=out")
+    if config["max_iters"] < 0:
+        raise SystemExit(f"error: max_iters must be 0 (evaluate only) or more, got {config['max_iters']}")
     for key in ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size",
                 "gradient_accumulation_steps"):
         if config[key] < 1:
@@ -391,10 +395,15 @@ def train(config):
                   f"{', '.join(f'{key}={value}' for key, value in ignored.items())}")
         config = {**config, **shape, "dropout": model.config.dropout}
     set_training_options(model, config, device)
-    if checkpoint is not None and any(checkpoint["config"][key] != config[key] for key in (
-            "gradient_accumulation_steps", "batch_size", "block_size")):
-        print("warning: the batch or block_size differs from the checkpoint's; the resumed run will not draw the data "
-              "an uninterrupted one would")
+    if checkpoint is not None and master:  # a resume without the first run's config file would change its recipe
+        changed = {key: value for key, value in checkpoint["config"].items() if key in config and config[key] != value
+                   and key not in ("init_from", "overwrite", "max_iters", "eval_only")}
+        if changed:
+            print(f"warning: resuming with settings that differ from the checkpoint's run: "
+                  f"{', '.join(f'{key}={config[key]!r} (was {value!r})' for key, value in changed.items())}")
+        if changed.keys() & {"gradient_accumulation_steps", "batch_size", "block_size"}:
+            print("warning: the batch or block_size differs from the checkpoint's; the resumed run will not draw the "
+                  "data an uninterrupted one would")
     if model.config.block_size < config["block_size"]:
         raise SystemExit(f"error: block_size={config['block_size']} exceeds the model's {model.config.block_size}")
     if master:
@@ -476,8 +485,10 @@ def train(config):
             if left_by_a_kill or overwritten:
                 os.remove(os.path.join(config["out_dir"], name))
     # a new run starts its own metrics (an earlier run that never saved a checkpoint may have left some)
+    # eval_only of another run's model (--init_from=PATH) records nothing here: its numbers are not this run's
+    foreign_eval = config["eval_only"] and config["init_from"] != "resume"
     metrics_file = (open(os.path.join(config["out_dir"], "metrics.jsonl"), "w" if new_run else "a", buffering=1)
-                    if master else None)
+                    if master and not foreign_eval else None)
 
     def log_metrics(record):
         if metrics_file is not None:
@@ -602,11 +613,16 @@ def train(config):
 
 if __name__ == "__main__":
     from configurator import load_config
+    config = load_config(DEFAULTS, sys.argv[1:])
     try:
-        train(load_config(DEFAULTS, sys.argv[1:]))
+        train(config)
     except (ValueError, FileNotFoundError) as e:  # PrepareError and TokenizerError included: bad input, one line
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt:
         # checkpoints are only ever complete files, so the last one is intact whenever the interrupt came
-        print("\ninterrupted: continue from the last checkpoint with --init_from=resume", file=sys.stderr)
+        if os.path.isfile(os.path.join(config["out_dir"], "last.pt")):
+            print("\ninterrupted: continue from the last checkpoint with --init_from=resume", file=sys.stderr)
+        else:
+            print(f"\ninterrupted before the first checkpoint (written at step {config['eval_interval']}): nothing "
+                  f"to resume", file=sys.stderr)
         raise SystemExit(130) from None

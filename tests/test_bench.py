@@ -264,6 +264,12 @@ def test_bad_sizing_flags_fail_in_one_line(flag, message):
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr, result.stderr
 
 
+def test_json_path_that_is_a_device_is_refused_before_any_work():
+    config = load_config(bench.DEFAULTS, [*TINY_FLAGS, "--json=/dev/null"])
+    with pytest.raises(SystemExit, match="is not a regular file"):
+        bench.check_config(config)
+
+
 def test_json_path_under_a_file_is_refused_before_any_work(tmp_path):
     (tmp_path / "jf").write_text("keep me")
     result = run_script(["bench.py", "--mode=sizing", f"--json={tmp_path / 'jf' / 'b.json'}"], check=False)

@@ -60,3 +60,14 @@ def test_script_exits_with_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("error: flag --n_layers=2: unknown config key 'n_layers'; did you mean n_layer")
+
+
+def test_config_files_that_set_nothing_are_refused(tmp_path):
+    """A JSON config run as Python sets nothing: refused, not a run on the defaults (GPT-2 124M on a CPU)."""
+    (tmp_path / "c.json").write_text('{"batch_size": 4}\n')
+    with pytest.raises(SystemExit, match="is not a .py file"):
+        load_config(DEFAULTS, [str(tmp_path / "c.json")])
+    (tmp_path / "empty.py").write_text("import math\n")
+    with pytest.raises(SystemExit, match="sets nothing"):
+        load_config(DEFAULTS, [str(tmp_path / "empty.py")])
+

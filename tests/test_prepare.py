@@ -626,3 +626,23 @@ def test_token_dtype_at_the_uint16_boundary(tmp_path):
     tokenizer = load_tokenizer(read_meta(tmp_path / "out")["tokenizer"])
     tokens = np.concatenate([np.concatenate(open_split(tmp_path / "out", split)) for split in ("train", "val")])
     assert tokenizer.decode(tokens.tolist()) == halves[0] + EOT_TEXT + halves[1]
+
+
+def test_json_inputs_are_json_lines_or_refused(tmp_path):
+    """JSON Lines under .json or an upper-case .JSONL is read as JSON Lines (not as text with braces in it); a
+    .json that is one document, and --text_field on plain text, are refused."""
+    lines = '{"text": "first document here"}\n{"text": "and the second one"}\n'
+    (tmp_path / "docs.json").write_text(lines)
+    (tmp_path / "DOCS.JSONL").write_text(lines)
+    for name in ("docs.json", "DOCS.JSONL"):
+        meta = run_prepare(input=tmp_path / name, tokenizer="char", out_dir=tmp_path / f"out-{name.lower()}")
+        assert [s["kind"] for s in meta["sources"]] == ["jsonl"] and "{" not in tokenizer_characters(meta)
+    (tmp_path / "array.json").write_text('[\n  {"text": "a"}\n]\n')
+    assert "not JSON Lines" in prepare_fails(tmp_path, "--input=array.json")
+    (tmp_path / "book.txt").write_text("plain text " * 50)
+    assert "--text_field applies to JSON Lines" in prepare_fails(tmp_path, "--input=book.txt", "--text_field=body")
+
+
+def tokenizer_characters(meta):
+    return load_tokenizer(meta["tokenizer"]).decode(list(range(meta["vocab_size"] - 1)))
+

@@ -556,3 +556,37 @@ def test_load_model_from_an_out_dir_takes_best_pt(tmp_path):
     loaded, _, _ = load_model(str(tmp_path))
     for name, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, best[name]), name
+
+
+def test_atomic_write_follows_links_and_refuses_devices_and_pipes(tmp_path):
+    """A rename would replace a link, a device or a pipe instead of writing into it (bench.py --json=/dev/full
+    once turned /dev/full into a file)."""
+    from checkpoint import atomic_write
+    (tmp_path / "target.json").write_text("old")
+    os.symlink(tmp_path / "target.json", tmp_path / "link.json")
+    atomic_write(str(tmp_path / "link.json"), lambda f: f.write(b"new"))
+    assert os.path.islink(tmp_path / "link.json") and (tmp_path / "target.json").read_text() == "new"
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(ValueError, match="not a regular file"):
+        atomic_write(str(tmp_path / "pipe"), lambda f: f.write(b"x"))
+    assert not os.path.isfile(tmp_path / "pipe")
+
+
+def test_export_into_a_training_run_is_refused(char_data_dir, tmp_path):
+    """config.json beside best.pt would make sample.py and eval.py read the folder as a Hugging Face export."""
+    run_script(train_flags(char_data_dir, tmp_path, "--max_iters=2", "--eval_interval=2"))
+    result = run_script(["checkpoint.py", f"--model={tmp_path}", f"--export_hf={tmp_path}"], check=False)
+    assert result.returncode != 0 and "holds a training run" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_train_settings_checked_and_resume_names_what_changed(char_data_dir, tmp_path):
+    for flags, message in ((["--out_dir="], "error: out_dir is empty"),
+                           (["--max_iters=-5"], "error: max_iters must be 0 (evaluate only) or more")):
+        result = run_script([*train_flags(char_data_dir, tmp_path / "x"), *flags], check=False)
+        assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
+    run_script(train_flags(char_data_dir, tmp_path / "run", "--max_iters=2", "--eval_interval=2"))
+    result = run_script(train_flags(char_data_dir, tmp_path / "run", "--max_iters=4", "--eval_interval=2",
+                                    "--init_from=resume", "--learning_rate=5e-4"))
+    assert "differ from the checkpoint's run: learning_rate=0.0005 (was 0.001)" in result.stdout
+
