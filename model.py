@@ -527,6 +527,12 @@ class GPT(nn.Module):
             raise FileNotFoundError(f"{path} is not a Hugging Face GPT-2 directory: no config.json")
         with open(config_path) as f:
             hf = json.load(f)
+        if not isinstance(hf, dict) or hf.get("model_type", "gpt2") != "gpt2":
+            kind = hf.get("model_type") if isinstance(hf, dict) else type(hf).__name__
+            raise ValueError(f"{config_path} is not a GPT-2 config (model_type {kind!r}); this GPT reads GPT-2 only")
+        for key in ("n_embd", "n_layer", "n_head", "vocab_size"):
+            if not isinstance(hf.get(key), int) or isinstance(hf.get(key), bool):
+                raise ValueError(f"{config_path}: {key} must be a whole number, got {hf.get(key)!r}")
         if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ValueError(f"unsupported activation_function {hf['activation_function']!r} in {config_path}")
         if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
@@ -548,6 +554,11 @@ class GPT(nn.Module):
             if name.endswith(cls._HF_TRANSPOSED):
                 tensor = tensor.t()
             target = state[ours]
+            rows_fit = (tensor.shape[0] <= target.shape[0] if ours == "transformer.wte.weight"  # padded rows
+                        else tensor.shape[0] == target.shape[0])
+            if tensor.shape[1:] != target.shape[1:] or not rows_fit:
+                raise ValueError(f"{path}: weight {name!r} is {tuple(tensor.shape)}, but config.json's shape makes "
+                                 f"it {tuple(target.shape)}; config.json and the weights disagree")
             if ours == "transformer.wte.weight":
                 target[: tensor.size(0)].copy_(tensor)  # the padding rows keep their init
             else:

@@ -128,6 +128,17 @@ def test_hugging_face_folder_missing_weights_is_refused(tmp_path):
         GPT.from_hf_dir(str(tmp_path))
 
 
+def test_hugging_face_config_that_is_not_this_gpt_is_refused(tmp_path):
+    import json
+    GPT(tiny_config()).export_hf(str(tmp_path))
+    config = json.loads((tmp_path / "config.json").read_text())
+    for change, message in (({"model_type": "llama"}, "not a GPT-2 config"), ({"n_embd": "32"}, "n_embd must be"),
+                            ({"n_embd": 64, "n_head": 2}, "config.json and the weights disagree")):
+        (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
+        with pytest.raises(ValueError, match=message):
+            GPT.from_hf_dir(str(tmp_path))
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_exports_to_hugging_face_gpt2(tmp_path, bias):
     transformers = pytest.importorskip("transformers")
