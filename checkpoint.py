@@ -69,9 +69,9 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, foreign or corrupt files fail in many ways deep inside unpickling
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {first_line[:200]}); "
-                              f"point to a best.pt / last.pt written by train.py") from None
+        # not torch's own message: for a file that is no checkpoint it suggests loading it unsafely
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}); point to a best.pt / "
+                              f"last.pt written by train.py") from None
     missing = [key for key in ("model_args", "model", "tokenizer") if key not in checkpoint] if isinstance(
         checkpoint, dict) else ["model_args"]
     if missing:  # e.g. a bare state dict saved by other code

@@ -373,8 +373,9 @@ def train(config):
     existing = [name for name in ("last.pt", "best.pt") if os.path.isfile(os.path.join(config["out_dir"], name))]
     new_run = config["init_from"] != "resume" and not config["eval_only"]
     if existing and new_run and not config["overwrite"]:
+        resumable = "continue it with --init_from=resume, " if "last.pt" in existing else ""  # resume reads last.pt
         raise SystemExit(f"error: {config['out_dir']} already holds {' and '.join(existing)} from an earlier run; "
-                         f"continue it with --init_from=resume, pick another --out_dir, or pass --overwrite=True")
+                         f"{resumable}pick another --out_dir, or pass --overwrite=True")
     if blocker := blocking_file(config["out_dir"]):  # os.makedirs would fail, after all the checks and loading
         raise SystemExit(f"error: out_dir {config['out_dir']}: {blocker} is a file; pick another --out_dir")
     if master:
@@ -523,6 +524,9 @@ def train(config):
             if world_size > 1:
                 all_rng_states = [None] * world_size
                 torch.distributed.all_gather_object(all_rng_states, rng_state(device))
+            if master and step == start_step:  # the first estimate can take minutes on a CPU: say what is going on
+                print(f"step {step}: estimating train and val loss over {config['eval_iters']} batches each...",
+                      flush=True)
             estimates = estimate_loss(model, samplers, config["eval_iters"], config["batch_size"], device, autocast,
                                       rank, world_size, config["seed"] + 1000)
             if master:
