@@ -223,8 +223,17 @@ def test_bad_flags_are_refused_before_any_work(flag, message):
 
 
 def test_a_failed_section_fails_the_run(tmp_path):
-    """A section that breaks (here: inference from a checkpoint too short for the prompts) leaves the others'
-    results, and the exit status says it failed."""
+    """A section that breaks (here: generation raising) ends in a non-zero exit that says which section failed;
+    a checkpoint too short for the prompts is a settings error, one line."""
+    code = ("import runpy, sys, model\n"
+            "def broken(*args, **kwargs): raise RuntimeError('injected failure')\n"
+            "model.GPT.generate = broken\n"
+            "sys.argv = ['bench.py', *sys.argv[1:]]\n"
+            "runpy.run_path('bench.py', run_name='__main__')\n")
+    result = run_script(["-c", code, *TINY_FLAGS, "--mode=inference", "--inference_batch_sizes=1",
+                         "--transformers_compare=False"], check=False)
+    assert result.returncode != 0 and "injected failure" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "error: the inference benchmark failed (traceback above)"
     from checkpoint import save_checkpoint
     from model import GPT, GPTConfig
     model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
@@ -232,9 +241,9 @@ def test_a_failed_section_fails_the_run(tmp_path):
                     str(tmp_path / "short.pt"))
     result = run_script(["bench.py", *TINY_FLAGS, "--mode=inference", f"--init_from={tmp_path / 'short.pt'}",
                          "--inference_batch_sizes=1", "--transformers_compare=False"], check=False)
-    assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1] == "error: the inference benchmark failed (traceback above)"
-    assert "must fit in the model's block_size 16" in result.stderr
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: prompt_length + new_tokens and prefill_length + 1 "
+                                                             "must fit in the model's block_size 16")
 
 
 def test_a_train_run_where_nothing_ran_fails():
