@@ -1045,11 +1045,10 @@ def check_config(config):
             if config[key] < 0:
                 raise SystemExit(f"error: {key} must be 0 (the default's meaning) or more, got {config[key]!r}")
     if config["json"]:  # now, not after the benchmarks ran: the results would be lost
-        from checkpoint import blocking_file
+        from checkpoint import unwritable_folder
         folder = os.path.dirname(config["json"]) or "."
-        if blocker := blocking_file(folder):
-            raise SystemExit(f"error: --json={config['json']}: {blocker} is a file, not a folder; "
-                             f"pass a path in a folder")
+        if problem := unwritable_folder(folder):
+            raise SystemExit(f"error: --json={config['json']}: {problem}; pass a path in a folder you can write in")
         if os.path.isdir(config["json"]):
             raise SystemExit(f"error: --json={config['json']} is a folder; pass a file path like out/bench.json")
         if os.path.exists(config["json"]) and not os.path.isfile(os.path.realpath(config["json"])):

@@ -48,13 +48,18 @@ def atomic_write(path, write):
         os.close(dir_fd)
 
 
-def blocking_file(folder):
-    """The existing file at `folder` or above it that stops os.makedirs(folder), else None: scripts check this
-    before their work, so that a wrong output path fails in a second and not at the end, losing the results."""
+def unwritable_folder(folder):
+    """Why `folder` cannot be written into, or None: an existing file at it or above it (os.makedirs would fail), or
+    a nearest existing folder this user may not write in. Scripts check this before their work, so that a wrong
+    output path fails in a second and not at the end, losing the results."""
     path = os.path.abspath(folder)
     while not os.path.exists(path):  # False also where a parent is a file
         path = os.path.dirname(path)
-    return None if os.path.isdir(path) else path
+    if not os.path.isdir(path):
+        return f"{path} is a file, not a folder"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} is not writable"
+    return None
 
 
 def save_checkpoint(state, path):
@@ -145,9 +150,8 @@ if __name__ == "__main__":
     if not folder:
         raise SystemExit("error: nothing to do; pass --export_hf=FOLDER to write the model as a Hugging Face GPT-2 folder")
     # checked before loading anything: a typo must not cost an earlier export, nor end in a traceback
-    if blocker := blocking_file(folder):
-        raise SystemExit(f"error: --export_hf={folder}: {blocker} is a file, not a folder; pass a new "
-                         f"or existing folder")
+    if problem := unwritable_folder(folder):
+        raise SystemExit(f"error: --export_hf={folder}: {problem}; pass a new or existing folder you can write in")
     if any(os.path.exists(os.path.join(folder, name)) for name in ("best.pt", "last.pt")):
         # sample.py and eval.py read a folder with config.json as a Hugging Face one: the run would be hidden
         raise SystemExit(f"error: {folder} holds a training run (best.pt / last.pt); export into another folder, "

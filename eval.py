@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from checkpoint import atomic_write, blocking_file
+from checkpoint import atomic_write, unwritable_folder
 from configurator import config_from_globals
 
 # -----------------------------------------------------------------------------
@@ -764,9 +764,8 @@ def run(config):
     train_config = (checkpoint or {}).get("config") or {}
     out_dir = os.path.dirname(os.path.abspath(checkpoint_path)) if checkpoint_path else None
     report_dir = config["report_dir"] or out_dir or f"eval-{os.path.basename(os.path.normpath(source))}"
-    if blocker := blocking_file(report_dir):  # now, not after the tasks ran: their results would be lost
-        raise EvalError(f"report_dir {report_dir}: {blocker} is a file, not a folder; pass a "
-                        f"folder with --report_dir=DIR")
+    if problem := unwritable_folder(report_dir):  # now, not after the tasks ran: their results would be lost
+        raise EvalError(f"report_dir {report_dir}: {problem}; pass a folder you can write in with --report_dir=DIR")
 
     report = {
         "model": source, "model_kind": "huggingface" if is_hf else "checkpoint",

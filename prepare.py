@@ -41,6 +41,7 @@ or no meta.json at all, never a complete-looking half. Don't run two prepares in
 Other scripts read the output with `read_meta(data_dir)` and `open_split(data_dir, split)`.
 """
 
+import errno
 import hashlib
 import json
 import math
@@ -904,6 +905,12 @@ def main(argv):
         prepare(config, argv)
     except (PrepareError, TokenizerError) as e:
         raise SystemExit(f"error: {e}") from None
+    except OSError as e:  # a read-only or full disk: the previous output is kept (it is replaced only when complete)
+        path = str(e.filename or config["out_dir"])
+        in_out_dir = os.path.abspath(path).startswith(os.path.abspath(config["out_dir"] or "."))
+        fix = ("free some space or pick another --out_dir" if e.errno == errno.ENOSPC
+               else "pick another --out_dir" if in_out_dir else "check that path")
+        raise SystemExit(f"error: {path}: {e.strerror}; {fix}") from None
     except KeyboardInterrupt:  # Ctrl-C: the cleanup already ran, so one line instead of a traceback
         print("interrupted: the run did not finish; out_dir keeps its previous output, if any, or (if stopped "
               "while replacing it) has no meta.json: re-run prepare.py", file=sys.stderr)

@@ -331,7 +331,7 @@ def set_training_options(model, config, device):
 
 def train(config):
     """Run training as configured; returns the list of per-step losses this process logged."""
-    from checkpoint import blocking_file, save_checkpoint
+    from checkpoint import save_checkpoint, unwritable_folder
     from configurator import format_config
     from model import mfu
     from prepare import left_by_a_killed_process, open_split, read_meta
@@ -376,8 +376,8 @@ def train(config):
         resumable = "continue it with --init_from=resume, " if "last.pt" in existing else ""  # resume reads last.pt
         raise SystemExit(f"error: {config['out_dir']} already holds {' and '.join(existing)} from an earlier run; "
                          f"{resumable}pick another --out_dir, or pass --overwrite=True")
-    if blocker := blocking_file(config["out_dir"]):  # os.makedirs would fail, after all the checks and loading
-        raise SystemExit(f"error: out_dir {config['out_dir']}: {blocker} is a file; pick another --out_dir")
+    if problem := unwritable_folder(config["out_dir"]):  # checked now, not at the first checkpoint
+        raise SystemExit(f"error: out_dir {config['out_dir']}: {problem}; pick another --out_dir")
     if master:
         print(format_config(config))
         print(f"tokens per step: {tokens_per_step:,} ({world_size} processes x {local_accum} micro-batches x "

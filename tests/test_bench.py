@@ -284,7 +284,7 @@ def test_json_path_under_a_file_is_refused_before_any_work(tmp_path):
     result = run_script(["bench.py", "--mode=sizing", f"--json={tmp_path / 'jf' / 'b.json'}"], check=False)
     assert result.returncode != 0 and result.stdout == ""  # nothing measured, nothing printed
     assert result.stderr.strip().splitlines() == [f"error: --json={tmp_path / 'jf' / 'b.json'}: {tmp_path / 'jf'} is "
-                                                  f"a file, not a folder; pass a path in a folder"]
+                                                  f"a file, not a folder; pass a path in a folder you can write in"]
     assert (tmp_path / "jf").read_text() == "keep me"
 
 

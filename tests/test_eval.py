@@ -452,7 +452,7 @@ def test_report_dir_that_is_a_file_is_refused_before_the_tasks(tmp_path, char_da
     a_file = tmp_path / "somefile"
     a_file.write_text("keep me")
     message = expect_error([f"--model={out_dir}", "--tasks=loss", "--device=cpu", f"--report_dir={a_file}"],
-                           f"{a_file} is a file, not a folder")
+                           f"{a_file} is a file, not a folder;")
     assert a_file.read_text() == "keep me" and "loss" not in message
 
 

@@ -189,7 +189,7 @@ def test_export_refuses_to_overwrite_or_write_into_a_file(tiny_checkpoint, tmp_p
     a_file.write_text("keep me")
     result = run_script(["checkpoint.py", f"--model={tiny_checkpoint}", f"--export_hf={a_file}"], check=False)
     assert result.returncode != 0 and result.stderr.strip().splitlines() == [
-        f"error: --export_hf={a_file}: {a_file} is a file, not a folder; pass a new or existing folder"]
+        f"error: --export_hf={a_file}: {a_file} is a file, not a folder; pass a new or existing folder you can write in"]
     assert a_file.read_text() == "keep me"
 
 

@@ -348,7 +348,7 @@ def test_settings_that_cannot_work_are_refused(char_data_dir, tmp_path):
             (["--eval_only=True"], "error: eval_only=True evaluates a trained model"),
             ([f"--teacher={tmp_path}", "--distill_weight=2"], "error: distillation needs 0 <= distill_weight <= 1"),
             (["--device=mps"], "error: device must be auto, cpu, cuda or cuda:N, got 'mps'"),
-            ([f"--out_dir={tmp_path / 'a-file'}"], "is a file; pick another --out_dir"),
+            ([f"--out_dir={tmp_path / 'a-file'}"], "is a file, not a folder; pick another --out_dir"),
             (["--fused_loss=True", "--dtype=float16"], "error: fused_loss=True does not work in float16")):
         result = run_script(train_flags(char_data_dir, tmp_path / "out", *flags), check=False)
         assert result.returncode != 0 and message in result.stderr.strip().splitlines()[-1], (flags, result.stderr)
@@ -589,4 +589,15 @@ def test_train_settings_checked_and_resume_names_what_changed(char_data_dir, tmp
     result = run_script(train_flags(char_data_dir, tmp_path / "run", "--max_iters=4", "--eval_interval=2",
                                     "--init_from=resume", "--learning_rate=5e-4"))
     assert "differ from the checkpoint's run: learning_rate=0.0005 (was 0.001)" in result.stdout
+
+
+def test_unwritable_output_folders_are_named(tmp_path, monkeypatch):
+    """Every script checks its output folder before its work: a file in the way, or a folder it may not write in
+    (chmod is no test as root, who may write anywhere: os.access stands in for the permission bits)."""
+    from checkpoint import unwritable_folder
+    (tmp_path / "a-file").write_text("")
+    assert unwritable_folder(str(tmp_path / "new" / "run")) is None
+    assert unwritable_folder(str(tmp_path / "a-file" / "run")) == f"{tmp_path / 'a-file'} is a file, not a folder"
+    monkeypatch.setattr(os, "access", lambda path, mode: os.path.abspath(path) != str(tmp_path))
+    assert unwritable_folder(str(tmp_path / "new" / "run")) == f"{tmp_path} is not writable"
 
