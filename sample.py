@@ -76,10 +76,12 @@ def main(config):
     from model import Decoder, check_decode_compile_mode, check_sampling
     from train import resolve_device_and_dtype
 
-    torch.manual_seed(config["seed"])
     # Everything that can be wrong with the settings, the model or the prompt fails here, in one line, before
     # anything is printed; errors while generating are bugs and keep their traceback.
     try:
+        if not 0 <= config["seed"] < 2**63:  # what torch's generators take
+            raise ValueError(f"seed must be in [0, 2**63), got {config['seed']}")
+        torch.manual_seed(config["seed"])
         check_decode_compile_mode(config["compile_mode"])
         check_sampling(config["temperature"], config["top_k"], config["top_p"])
         for key in ("num_samples", "max_new_tokens"):  # negative would print nothing (or the prompt) and "succeed"

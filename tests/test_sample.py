@@ -113,6 +113,9 @@ def test_negative_lengths_are_refused(tiny_checkpoint):
         assert result.returncode != 0 and result.stdout == ""
         assert result.stderr.strip().splitlines() == [f"error: {flag[2:].split('=')[0]} must be 0 or more, "
                                                       f"got {flag.split('=')[1]}"]
+    result = sample(tiny_checkpoint, "--seed=99999999999999999999", check=False)  # past what torch's seeds hold
+    assert result.returncode != 0 and result.stderr.strip().splitlines() == [
+        "error: seed must be in [0, 2**63), got 99999999999999999999"]
 
 
 def interrupt_when_output_starts(args):
