@@ -685,8 +685,9 @@ def _decode_split(Q, K_NEW, V_NEW, K, V, POS, PART_ACC, PART_M, PART_L, ARRIVALS
         k_ptrs = k_head + offs_n[:, None] * stride_kt + offs_d[None, :]
         v_ptrs = v_head + offs_n[:, None] * stride_vt + offs_d[None, :]
         # The first tile's keys and values (both loads at once, so that their latencies overlap), zeros where
-        # not stored yet. Earlier steps wrote them, so with programmatic dependent launch (see _decode) they load
-        # while the kernel before this one, the product that makes q, k_new and v_new, still runs.
+        # not stored yet. Earlier steps wrote them, so with programmatic dependent launch (flash_decode's
+        # overlap_previous) they load while the kernel before this one, the product that makes q, k_new and v_new,
+        # still runs.
         stored = (lo + offs_n < last)[:, None]
         k = tl.load(k_ptrs + lo * stride_kt, mask=stored, other=0.0)
         v = tl.load(v_ptrs + lo * stride_vt, mask=stored, other=0.0)
