@@ -602,7 +602,8 @@ def train(config):
             utilization = mfu(flops_per_step / seconds_per_step / world_size, device)  # per GPU
             if master:
                 mfu_text = f"{100 * utilization:.1f}%" if utilization is not None else "n/a"
-                print(f"step {step}: loss {loss_value:.4f}, lr {lr:.2e}, {1000 * seconds_per_step:.1f} ms/step, "
+                loss_name = "loss (cross-entropy and distillation mixed)" if teacher_model is not None else "loss"
+                print(f"step {step}: {loss_name} {loss_value:.4f}, lr {lr:.2e}, {1000 * seconds_per_step:.1f} ms/step, "
                       f"{tokens_per_sec:,.0f} tokens/s, MFU {mfu_text}", flush=True)
                 log_metrics({"type": "train", "step": step, "loss": loss_value, "lr": lr,
                              "ms_per_step": 1000 * seconds_per_step, "tokens_per_sec": tokens_per_sec,
