@@ -673,8 +673,8 @@ def render_markdown(report):
 def weights_file_identity(source, checkpoint_path):
     """[path, bytes, modification time in ns] of the file the weights came from: what tells two models apart
     when a retrained one replaces an earlier one under the same path."""
-    path = checkpoint_path or next((os.path.join(source, name) for name in ("model.safetensors", "pytorch_model.bin")
-                                    if os.path.isfile(os.path.join(source, name))), source)
+    from model import hf_weights_file
+    path = checkpoint_path or hf_weights_file(source)
     stat = os.stat(path)
     return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
 

@@ -666,16 +666,21 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         return grad_x * grad_loss, grad_w * grad_loss, None, None
 
 
+def hf_weights_file(path):
+    """The file a Hugging Face folder's weights are read from: model.safetensors, else pytorch_model.bin."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if os.path.isfile(os.path.join(path, name)):
+            return os.path.join(path, name)
+    raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
+
+
 def _read_hf_weights(path):
-    safetensors_path, bin_path = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
-    if not os.path.isfile(safetensors_path) and not os.path.isfile(bin_path):
-        raise FileNotFoundError(f"{path} has neither model.safetensors nor pytorch_model.bin")
-    weights_path = safetensors_path if os.path.isfile(safetensors_path) else bin_path
+    weights_path = hf_weights_file(path)
     try:
-        if weights_path == safetensors_path:
+        if weights_path.endswith(".safetensors"):
             from safetensors.torch import load_file
-            return load_file(safetensors_path)
-        return torch.load(bin_path, map_location="cpu", weights_only=True)
+            return load_file(weights_path)
+        return torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as e:  # a download or copy cut short fails in many ways deep inside either reader
         first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ValueError(f"{weights_path} is unreadable, truncated or corrupt ({first_line}); "
