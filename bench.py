@@ -1126,6 +1126,8 @@ def main(config):
         print(f"\n== {section}", flush=True)
         try:
             results[section] = BENCHMARKS[section](config, device, dtype, results)
+        except BrokenPipeError:  # the reader of the output went away (| head): stop, quietly
+            raise
         except Exception as error:  # a broken section must not cost the others their results
             traceback.print_exc()
             results[section] = {"error": f"{type(error).__name__}: {str(error).strip()[:300]}"}
@@ -1136,12 +1138,13 @@ def main(config):
 
 
 if __name__ == "__main__":
-    from configurator import load_config
-    try:
-        results = main(load_config(DEFAULTS, sys.argv[1:]))
-    except KeyboardInterrupt:  # Ctrl-C: what --json holds is the sections that finished, as sample.py and eval.py
-        print("\ninterrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    from configurator import load_config, quiet_broken_pipe
+    with quiet_broken_pipe():
+        try:
+            results = main(load_config(DEFAULTS, sys.argv[1:]))
+        except KeyboardInterrupt:  # Ctrl-C: what --json holds is the sections that finished, as sample.py and eval.py
+            print("\ninterrupted", file=sys.stderr)
+            raise SystemExit(130) from None
     failed = [name for name, section in results.items() if "error" in section
               or (name == "train" and train_failed(section))]  # its table says which runs failed, and why
     if failed:  # the other sections' results are printed (and in --json); the exit status still says it failed

@@ -11,6 +11,7 @@ Export one of our checkpoints as a Hugging Face GPT-2 folder (config.json + mode
     python checkpoint.py --model=out-shakespeare-char --export_hf=hf-shakespeare-char
 """
 
+import errno
 import json
 import os
 
@@ -62,8 +63,31 @@ def unwritable_folder(folder):
     return None
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (a full disk, a lost mount); the message names the file and the fix."""
+
+
+def _os_error_behind(error):
+    """The OSError that caused `error`, or None: torch.save turns a failed write of its file into a RuntimeError
+    ("unexpected pos ...") raised while handling the OSError, so the reason is in the exception's context."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
 def save_checkpoint(state, path):
-    atomic_write(path, lambda f: torch.save(state, f))
+    try:
+        atomic_write(path, lambda f: torch.save(state, f))
+    except (OSError, RuntimeError) as e:
+        os_error = _os_error_behind(e)
+        if os_error is None:  # torch's own failure, not the disk's: keep its traceback
+            raise
+        # atomic_write removed its temp file and never touched `path`
+        kept = "the previous checkpoint there is intact" if os.path.isfile(path) else "no checkpoint was written"
+        full = os_error.errno in (errno.ENOSPC, errno.EDQUOT)
+        fix = "free some space or choose another --out_dir" if full else "choose another --out_dir"
+        raise CheckpointWriteError(f"cannot write checkpoint {path}: {os_error.strerror or os_error}; {kept}; "
+                                   f"{fix}") from None
 
 
 class CheckpointError(ValueError):
@@ -137,15 +161,14 @@ def load_model(source, device="cpu", attention="auto"):
     return model, tokenizer, checkpoint
 
 
-if __name__ == "__main__":
-    import sys
-
+def main(argv):
+    """Export a checkpoint as a Hugging Face GPT-2 folder (the command in this module's docstring)."""
     from configurator import load_config
     config = load_config({
         "model": "out",  # checkpoint file, out_dir, or Hugging Face GPT-2 folder
         "export_hf": "",  # write the model here as a Hugging Face GPT-2 folder (config.json + model.safetensors)
         "overwrite": False,  # replace an earlier export in export_hf (as train.py's --overwrite does for a run)
-    }, sys.argv[1:])
+    }, argv)
     folder = config["export_hf"]
     if not folder:
         raise SystemExit("error: nothing to do; pass --export_hf=FOLDER to write the model as a Hugging Face GPT-2 folder")
@@ -169,3 +192,11 @@ if __name__ == "__main__":
         print(f"warning: the model uses the {tokenizer.name} tokenizer; Hugging Face tools will assume GPT-2's")
     model.export_hf(folder)
     print(f"wrote {folder}/config.json and model.safetensors")
+
+
+if __name__ == "__main__":
+    import sys
+
+    from configurator import quiet_broken_pipe
+    with quiet_broken_pipe():
+        main(sys.argv[1:])

@@ -15,8 +15,10 @@ valid keys, and a value whose type does not match the default's type is refused.
 """
 
 import ast
+import contextlib
 import difflib
 import os
+import sys
 
 
 class ConfigError(SystemExit):
@@ -24,6 +26,23 @@ class ConfigError(SystemExit):
 
     def __init__(self, message):
         super().__init__(f"error: {message}")
+
+
+@contextlib.contextmanager
+def quiet_broken_pipe():
+    """Every script's `__main__` runs inside this: when the reader of its output goes away (`python sample.py |
+    head -3`), the script stops with exit status 1 instead of a BrokenPipeError traceback, as Python's docs
+    recommend (library/signal.html, "Note on SIGPIPE")."""
+    try:
+        try:
+            yield
+        finally:
+            sys.stdout.flush()  # here, not at interpreter exit, where a failed flush prints "Exception ignored"
+    except BrokenPipeError:
+        # the flush at exit would fail again on the closed pipe: point stdout at devnull for it
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 def _check_type(key, value, default, source):

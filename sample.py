@@ -108,9 +108,10 @@ def main(config):
 
 
 if __name__ == "__main__":
-    from configurator import load_config
-    try:
-        main(load_config(DEFAULTS, sys.argv[1:]))
-    except KeyboardInterrupt:  # Ctrl-C is how a long stream is stopped: no traceback, the shell's usual status
-        print("\ninterrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    from configurator import load_config, quiet_broken_pipe
+    with quiet_broken_pipe():  # `python sample.py | head` stops the stream without a traceback
+        try:
+            main(load_config(DEFAULTS, sys.argv[1:]))
+        except KeyboardInterrupt:  # Ctrl-C is how a long stream is stopped: no traceback, the shell's usual status
+            print("\ninterrupted", file=sys.stderr)
+            raise SystemExit(130) from None

@@ -214,9 +214,12 @@ class CharTokenizer:
         ids = np.full(len(code_points), -1, dtype=np.int32)
         ids[known] = self.lookup[code_points[known]]
         if (ids < 0).any():
-            unknown = text[int(np.argmax(ids < 0))]
-            raise TokenizerError(f"character {unknown!r} is not in this char tokenizer's vocabulary "
-                                 f"({len(self.chars)} characters from the training data)")
+            codes, first_seen = np.unique(code_points[ids < 0], return_index=True)  # vectorized: texts can be long
+            unknown = [chr(codes[i]) for i in np.argsort(first_seen)]  # in order of appearance
+            which = (f"character {unknown[0]!r} is" if len(unknown) == 1
+                     else f"characters {some_characters(unknown)} are")
+            raise TokenizerError(f"{which} not in this char tokenizer's vocabulary ({len(self.chars)} characters "
+                                 f"from the training data)")
         return ids.astype(np.uint32)
 
     def encode(self, text):
@@ -230,6 +233,36 @@ class CharTokenizer:
 
     def spec(self):
         return {"name": "char", "chars": self.chars}
+
+
+def some_characters(characters, limit=10):
+    """The first `limit` of `characters` for a one-line message, and how many more: a character vocabulary can
+    hold thousands, which printed whole would bury the message."""
+    characters = list(characters)
+    shown = ", ".join(repr(c) for c in characters[:limit])
+    return shown + (f" and {len(characters) - limit} more" if len(characters) > limit else "")
+
+
+def describe_spec(spec, other=None):
+    """A tokenizer spec in a few words for a one-line error ("gpt2", "char (65 characters)"), never a whole
+    character vocabulary. With `other`, a char spec also names the characters `other` lacks: where two
+    vocabularies differ."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("chars", ""), str):
+        text = repr(spec)  # not a spec we wrote (a damaged meta.json): a prefix of it
+        return text if len(text) <= 60 else text[:57] + "..."
+    if spec.get("name") != "char" or "chars" not in spec:
+        return str(spec.get("name"))
+    chars = spec["chars"]
+    other_chars = other.get("chars") if isinstance(other, dict) and other.get("name") == "char" else None
+    if not isinstance(other_chars, str):
+        return f"char ({len(chars)} characters)"
+    missing = set(chars) - set(other_chars)
+    if missing:
+        return f"char ({len(chars)} characters; {len(missing)} not in the other: " \
+               f"{some_characters(c for c in chars if c in missing)})"
+    if chars != other_chars and set(chars) == set(other_chars):
+        return f"char ({len(chars)} characters, in another order)"
+    return f"char ({len(chars)} characters)"
 
 
 def char_spec(characters):

@@ -285,6 +285,7 @@ def build_model(config, meta, device):
     """(model, checkpoint or None) for init_from = scratch, resume or a path to fine-tune from."""
     from checkpoint import load_checkpoint, load_model, model_from_checkpoint
     from model import GPT, GPTConfig
+    from tokenizer import describe_spec
 
     init_from = config["init_from"]
     if init_from == "scratch":
@@ -297,9 +298,11 @@ def build_model(config, meta, device):
         if not os.path.isfile(path):
             raise SystemExit(f"error: init_from=resume but {path} does not exist; train first or use init_from=scratch")
         checkpoint = load_checkpoint(path)
-        if checkpoint["tokenizer"] != meta["tokenizer"]:
-            raise SystemExit(f"error: {path} was trained on tokenizer {checkpoint['tokenizer']} but {config['data_dir']} "
-                             f"was prepared with {meta['tokenizer']}; resume on the data it was trained on")
+        ours, data = checkpoint["tokenizer"], meta["tokenizer"]
+        if ours != data:
+            raise SystemExit(f"error: {path} was trained on tokenizer {describe_spec(ours, data)} but "
+                             f"{config['data_dir']} was prepared with {describe_spec(data, ours)}; resume on the data "
+                             f"it was trained on")
         model = model_from_checkpoint(checkpoint, config["attention"])
         if config["dropout"] != DEFAULTS["dropout"]:  # asked for by this run: a training option, not the shape
             model.set_dropout(config["dropout"])
@@ -308,9 +311,10 @@ def build_model(config, meta, device):
     if not os.path.exists(init_from):
         raise SystemExit(f"error: init_from={init_from!r} is not 'scratch', 'resume' or an existing checkpoint/folder")
     model, tokenizer, _ = load_model(init_from, "cpu", attention=config["attention"])
-    if tokenizer.spec() != meta["tokenizer"]:
-        raise SystemExit(f"error: {init_from} uses tokenizer {tokenizer.spec()} but {config['data_dir']} was prepared with "
-                         f"{meta['tokenizer']}; prepare the data with the model's tokenizer")
+    ours, data = tokenizer.spec(), meta["tokenizer"]
+    if ours != data:
+        raise SystemExit(f"error: {init_from} uses tokenizer {describe_spec(ours, data)} but {config['data_dir']} was "
+                         f"prepared with {describe_spec(data, ours)}; prepare the data with the model's tokenizer")
     model.crop_block_size(config["block_size"])
     model.set_dropout(config["dropout"])
     return model, None
@@ -331,11 +335,11 @@ def set_training_options(model, config, device):
 
 def train(config):
     """Run training as configured; returns the list of per-step losses this process logged."""
-    from checkpoint import save_checkpoint, unwritable_folder
+    from checkpoint import CheckpointWriteError, save_checkpoint, unwritable_folder
     from configurator import format_config
     from model import mfu
     from prepare import left_by_a_killed_process, open_split, read_meta
-    from tokenizer import load_tokenizer
+    from tokenizer import describe_spec, load_tokenizer
 
     device, dtype = resolve_device_and_dtype(config["device"], config["dtype"])
     rank, local_rank, world_size, device = setup_distributed(device)
@@ -451,8 +455,9 @@ def train(config):
         from checkpoint import load_model
         teacher_model, teacher_tokenizer, _ = load_model(config["teacher"], device)
         if teacher_tokenizer.spec() != meta["tokenizer"]:
-            raise SystemExit(f"error: teacher {config['teacher']} uses tokenizer {teacher_tokenizer.spec()}, "
-                             f"the data uses {meta['tokenizer']}")
+            raise SystemExit(f"error: teacher {config['teacher']} uses tokenizer "
+                             f"{describe_spec(teacher_tokenizer.spec(), meta['tokenizer'])}, the data uses "
+                             f"{describe_spec(meta['tokenizer'], teacher_tokenizer.spec())}")
         if teacher_model.config.block_size < config["block_size"]:
             raise SystemExit(f"error: teacher {config['teacher']} sees at most {teacher_model.config.block_size} "
                              f"positions, fewer than block_size={config['block_size']}; lower --block_size")
@@ -509,7 +514,10 @@ def train(config):
         }
         if master:
             for name in names:
-                save_checkpoint(state, os.path.join(config["out_dir"], name))
+                try:
+                    save_checkpoint(state, os.path.join(config["out_dir"], name))
+                except CheckpointWriteError as e:  # a full disk: one line, not torch's traceback
+                    raise SystemExit(f"error: {e}") from None
 
     log_metrics({"type": "config", "step": step, "config": config, "world_size": world_size})
     start_step, losses = step, []
@@ -616,9 +624,9 @@ def train(config):
     return losses
 
 
-if __name__ == "__main__":
+def main(argv):
     from configurator import load_config
-    config = load_config(DEFAULTS, sys.argv[1:])
+    config = load_config(DEFAULTS, argv)
     try:
         train(config)
     except (ValueError, FileNotFoundError) as e:  # PrepareError and TokenizerError included: bad input, one line
@@ -631,3 +639,9 @@ if __name__ == "__main__":
             print(f"\ninterrupted before the first checkpoint (written at step {config['eval_interval']}): nothing "
                   f"to resume", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    from configurator import quiet_broken_pipe
+    with quiet_broken_pipe():
+        main(sys.argv[1:])

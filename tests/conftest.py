@@ -46,6 +46,17 @@ def run_script(args, check=True, env=None, **kwargs):
     return result
 
 
+def run_into_closed_pipe(args, lines=0):
+    """Run a repo script (or `-c CODE`) whose reader stops after `lines` lines, as `python X.py | head -N` does;
+    returns (returncode, stderr). The read end is closed at once after those lines, so later writes fail."""
+    process = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for _ in range(lines):
+        process.stdout.readline()
+    process.stdout.close()
+    stderr = process.stderr.read().decode(errors="replace")
+    return process.wait(timeout=120), stderr
+
+
 def corpus_text():
     """About 60 kB of English: a slice of tinyshakespeare where available, else generated verse."""
     path = os.path.join(SHARED, "tinyshakespeare", "input.txt")

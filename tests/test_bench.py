@@ -70,6 +70,24 @@ def test_sizing_mode_from_flags(tmp_path):
     assert "GPU-hours" in result.stdout and "compute-optimal" in result.stdout
 
 
+def test_piped_into_head_stops_quietly():
+    """`python bench.py ... | head -1`: a section whose output meets the closed pipe is not reported as a failed
+    benchmark with a traceback; the script stops with status 1 and nothing on stderr. The pipe closes at the
+    sizing report's print, the same moment on every run (a real `head` races the script)."""
+    code = ("import builtins, runpy, sys\n"
+            "real_print = builtins.print\n"
+            "def print_into_closed_pipe(*args, **kwargs):\n"
+            "    if args and 'GPU-hours' in str(args[0]): raise BrokenPipeError(32, 'Broken pipe')\n"
+            "    real_print(*args, **kwargs)\n"
+            "builtins.print = print_into_closed_pipe\n"
+            "sys.argv = ['bench.py', *sys.argv[1:]]\n"
+            "runpy.run_path('bench.py', run_name='__main__')\n")
+    result = run_script(["-c", code, "--mode=sizing", "--params=124e6", "--mfu=0.4", "--gpu_peak_flops=989e12"],
+                        check=False)
+    assert (result.returncode, result.stderr) == (1, "")
+    assert "== sizing" in result.stdout and "GPU-hours" not in result.stdout
+
+
 # -----------------------------------------------------------------------------
 # small helpers and the logic around out-of-memory
 

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from configurator import ConfigError, load_config
+from conftest import run_into_closed_pipe
 
 DEFAULTS = {"batch_size": 12, "learning_rate": 6e-4, "compile": True, "out_dir": "out", "init_from": "scratch"}
 
@@ -71,3 +72,12 @@ def test_config_files_that_set_nothing_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="sets nothing"):
         load_config(DEFAULTS, [str(tmp_path / "empty.py")])
 
+
+def test_broken_pipe_stops_quietly():
+    """`python X.py | head -3`: once head exits, the script stops with status 1 and no BrokenPipeError traceback
+    or "Exception ignored" message, whether the write in the script fails or the flush at exit does."""
+    for body in ("for i in range(100_000): print(i, flush=True)",  # fails while writing
+                 "print('one line, left in the buffer')"):  # fails when the buffer is flushed at exit
+        code = f"from configurator import quiet_broken_pipe\nwith quiet_broken_pipe():\n    {body}"
+        returncode, stderr = run_into_closed_pipe(["-c", code], lines=1 if "range" in body else 0)
+        assert (returncode, stderr) == (1, ""), body

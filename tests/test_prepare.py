@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import prepare  # noqa: E402
-from conftest import SHARED, fresh_seed  # noqa: E402
+from conftest import SHARED, fresh_seed, run_into_closed_pipe  # noqa: E402
 from prepare import PrepareError, open_split, read_meta  # noqa: E402
 from tokenizer import EOT_TEXT, load_tokenizer  # noqa: E402
 
@@ -485,6 +485,48 @@ def test_undecodable_bytes_are_counted_or_refused(tmp_path):
     result = prepare_in(tmp_path, "--input=latin1.txt", f"--out_dir={tmp_path / 'ok'}")
     assert "replaced 80 undecodable" in result.stderr
     assert read_meta(tmp_path / "ok")["replaced_characters"] == 80
+
+
+def test_binary_files_are_refused_or_skipped_in_a_folder(tmp_path, capsys):
+    """A file that is clearly not text is refused by name (nothing written); in a folder it is skipped with a
+    note and the text files are prepared. Text with a few bad bytes is still read (the latin1 test above)."""
+    rng = random.Random(fresh_seed())
+    png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + rng.randbytes(5000)  # a header with NUL bytes, then compressed data
+    noise = bytes(b or 1 for b in rng.randbytes(5000))  # no NUL bytes, but mostly not UTF-8
+    (tmp_path / "photo.png").write_bytes(png)
+    (tmp_path / "noise.txt").write_bytes(noise)
+    line = prepare_fails(tmp_path, "--input=photo.png", "--tokenizer=char")
+    assert line.startswith("error: photo.png looks binary, not text (NUL bytes") and "--input" in line, line
+    assert not os.path.exists(tmp_path / "out")
+    with pytest.raises(PrepareError, match=r"noise.txt looks binary, not text \([\d,]+ undecodable byte sequences"):
+        run_prepare(input=tmp_path / "noise.txt", out_dir=tmp_path / "out", tokenizer="char")
+    assert not os.path.exists(tmp_path / "out")
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("thou art the fairest rose\n" * 50, encoding="utf-8")
+    (notes / "b.png").write_bytes(png)
+    (notes / "c.txt").write_bytes(noise)
+    capsys.readouterr()
+    meta = run_prepare(input=notes, out_dir=tmp_path / "out", tokenizer="char", include="*.png")
+    skipped = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: skipping")]
+    assert [line.removeprefix("note: skipping ").split(": ")[0] for line in skipped] == [
+        str(notes / "b.png"), str(notes / "c.txt")], skipped
+    assert meta["sources"][0]["documents"] == 1
+    assert set(meta["tokenizer"]["chars"]) == set("thou art the fairest rose\n")  # nothing from b.png or c.txt
+    os.remove(notes / "a.txt")
+    with pytest.raises(PrepareError, match="folder .* has no text files .*2 matching file"):
+        run_prepare(input=notes, out_dir=tmp_path / "out2", tokenizer="char", include="*.png")
+
+
+def test_piped_into_head_stops_quietly(tmp_path):
+    """`python prepare.py | head -1`: no BrokenPipeError traceback, and not the full-disk error main() gives other
+    OSErrors; the data is prepared (the reader left after the work was done)."""
+    (tmp_path / "a.txt").write_text("thou art the fairest rose\n" * 50, encoding="utf-8")
+    returncode, stderr = run_into_closed_pipe([PREPARE, f"--input={tmp_path / 'a.txt'}", "--tokenizer=char",
+                                               f"--out_dir={tmp_path / 'out'}", "--workers=1"])
+    assert returncode == 1 and not re.search(r"Traceback|BrokenPipe|Broken pipe|Exception ignored|error:", stderr), stderr
+    assert read_meta(tmp_path / "out")["splits"]["train"]["tokens"] > 0
 
 
 def test_lone_surrogate_in_jsonl(tmp_path):

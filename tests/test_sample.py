@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_TRAIN_FLAGS, fresh_seed, run_script, tiny_config
+from conftest import TINY_TRAIN_FLAGS, fresh_seed, run_into_closed_pipe, run_script, tiny_config
 from model import GPT
 
 
@@ -140,6 +140,13 @@ def test_ctrl_c_stops_a_stream_quietly(tiny_checkpoint):
                                                    "--num_samples=1000", "--max_new_tokens=1000", "--start=ROMEO:"])
     assert code == 130 and out.startswith("ROMEO:")
     assert "Traceback" not in err and err.strip() == "interrupted"
+
+
+def test_piped_into_head_stops_quietly(tiny_checkpoint):
+    """`python sample.py | head -3`: the stream stops when head exits, without a BrokenPipeError traceback."""
+    returncode, stderr = run_into_closed_pipe(["sample.py", f"--model={tiny_checkpoint}", "--device=cpu",
+                                               "--num_samples=50", "--max_new_tokens=100", "--start=ROMEO:"], lines=1)
+    assert (returncode, stderr) == (1, "")
 
 
 def test_unreadable_hugging_face_folders_fail_in_one_line(tiny_checkpoint, tmp_path):

@@ -12,7 +12,8 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import tokenizer  # noqa: E402
 from conftest import SHARED  # noqa: E402
-from tokenizer import EOT_TEXT, TokenizerError, char_spec, load_tokenizer  # noqa: E402
+from conftest import fresh_seed  # noqa: E402
+from tokenizer import EOT_TEXT, TokenizerError, char_spec, describe_spec, load_tokenizer  # noqa: E402
 
 R50K_FILE = os.path.join(SHARED, "tokenizers", "r50k_base.tiktoken")
 TINYSHAKESPEARE = os.path.join(SHARED, "tinyshakespeare", "input.txt")
@@ -166,6 +167,27 @@ def test_char_errors():
         load_tokenizer({"name": "char", "chars": "aa"})
     with pytest.raises(TokenizerError, match="meta.json"):
         load_tokenizer({"name": "char"})
+
+
+def test_vocabulary_differences_stay_one_short_line():
+    """Two long character vocabularies that differ, and a text with many unknown characters: the messages name the
+    first few differing characters and how many more, never the whole vocabulary."""
+    seed = fresh_seed()
+    rng = random.Random(seed)
+    chars = "".join(sorted(set(chr(c) for c in rng.sample(range(0x100, 0x3000), 4000))))
+    lost = sorted(rng.sample(chars, 25))
+    data = char_spec(set(chars) - set(lost) | set("\u00e9\u00e8"))
+    model = {"name": "char", "chars": chars}
+    described = describe_spec(model, data)
+    assert described == f"char ({len(chars)} characters; 25 not in the other: " \
+                        f"{', '.join(map(repr, lost[:10]))} and 15 more)", seed
+    assert describe_spec(data, model) == f"char ({len(data['chars'])} characters; 2 not in the other: 'è', 'é')"
+    assert (describe_spec({"name": "gpt2"}, model), describe_spec(model, {"name": "gpt2"})) == (
+        "gpt2", f"char ({len(chars)} characters)")
+    with pytest.raises(TokenizerError) as raised:
+        load_tokenizer(data).encode("".join(lost) * 3)
+    assert str(raised.value) == (f"characters {', '.join(map(repr, lost[:10]))} and 15 more are not in this char "
+                                 f"tokenizer's vocabulary ({len(data['chars'])} characters from the training data)")
 
 
 def test_unknown_tokenizer():

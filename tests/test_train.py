@@ -1,5 +1,7 @@
 """train.py end to end on CPU: DDP equals one process, exact resume, surviving kill -9, bad states."""
 
+import errno
+import io
 import json
 import os
 import signal
@@ -538,6 +540,83 @@ def test_save_checkpoint_replaces_the_file_instead_of_rewriting_it(tmp_path):
         assert torch.equal(torch.load(reader, weights_only=True)["weights"], old)
     assert torch.load(path, weights_only=True)["weights"].numel() == 80_000
     assert os.listdir(tmp_path) == ["last.pt"]
+
+
+class FullDisk(io.FileIO):
+    """A file on a disk that fills up after `room` bytes: its writes fail as the OS's do."""
+    room = 1000
+
+    def write(self, data):
+        if self.tell() + len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+def test_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch):
+    """A failed checkpoint write (inside torch.save, which turns it into its own RuntimeError, or at the fsync)
+    is one line naming the file, the OS's reason and the fix; the previous file is intact and no temp file stays."""
+    import checkpoint
+    from checkpoint import CheckpointWriteError
+    path = tmp_path / "last.pt"
+    save_checkpoint({"weights": torch.randn(1000)}, str(path))
+    before = path.read_bytes()
+    monkeypatch.setattr(checkpoint, "open", FullDisk, raising=False)  # atomic_write's open of the temp file
+    with pytest.raises(CheckpointWriteError) as raised:
+        save_checkpoint({"weights": torch.randn(2000)}, str(path))
+    assert str(raised.value) == (f"cannot write checkpoint {path}: No space left on device; the previous checkpoint "
+                                 f"there is intact; free some space or choose another --out_dir")
+    monkeypatch.setattr(FullDisk, "room", 1 << 30)  # every write fits; the disk fills when the data reaches it
+
+    def full_fsync(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full_fsync)
+    with pytest.raises(CheckpointWriteError, match="No space left on device; the previous checkpoint there is intact"):
+        save_checkpoint({"weights": torch.randn(2000)}, str(path))
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_train_stops_in_one_line_when_the_disk_fills(char_data_dir, tmp_path, monkeypatch):
+    """train.py: the checkpoint at step 4 hits a full disk; the run stops with an error line, not torch's
+    traceback, and the step-2 checkpoint stays as it was."""
+    import checkpoint
+    import train
+    from configurator import load_config
+    kept = {}
+
+    def open_on_a_disk_that_fills(path, mode):
+        if os.path.exists(tmp_path / "last.pt"):  # step 2's checkpoints are written: the disk is full from now on
+            kept.setdefault("last.pt", (tmp_path / "last.pt").read_bytes())
+            return FullDisk(path, mode)
+        return open(path, mode)
+    monkeypatch.setattr(checkpoint, "open", open_on_a_disk_that_fills, raising=False)
+    config = load_config(train.DEFAULTS, train_flags(char_data_dir, tmp_path, "--max_iters=4", "--eval_interval=2")[1:])
+    with pytest.raises(SystemExit, match=r"^error: cannot write checkpoint .*(best|last)\.pt: No space left on device; "
+                                         r"the previous checkpoint there is intact; free some space or choose another "
+                                         r"--out_dir$"):
+        train.train(config)
+    assert (tmp_path / "last.pt").read_bytes() == kept["last.pt"]
+    assert load_checkpoint(str(tmp_path / "last.pt"))["step"] == 2
+    assert not [name for name in os.listdir(tmp_path) if ".tmp." in name]
+
+
+def test_tokenizer_mismatch_names_the_difference_in_one_short_line(tmp_path):
+    """Fine-tuning a model on data in another character vocabulary: the error names the differing characters, not
+    the thousands of the vocabulary."""
+    from dataclasses import asdict
+
+    import train
+    chars = "".join(chr(c) for c in range(0x100, 0x100 + 3000))
+    model = GPT(tiny_config(vocab_size=len(chars) + 1))
+    save_checkpoint({"model": model.state_dict(), "model_args": asdict(model.config),
+                     "tokenizer": {"name": "char", "chars": chars}}, str(tmp_path / "model.pt"))
+    data_chars = chars.replace(chars[7], "") + "é"  # one character lost, one gained
+    config = dict(train.DEFAULTS, init_from=str(tmp_path / "model.pt"), data_dir="data/other")
+    with pytest.raises(SystemExit) as raised:
+        train.build_model(config, {"tokenizer": {"name": "char", "chars": data_chars}}, "cpu")
+    message = str(raised.value)
+    assert message == (f"error: {tmp_path / 'model.pt'} uses tokenizer char (3000 characters; 1 not in the other: "
+                       f"{chars[7]!r}) but data/other was prepared with char (3000 characters; 1 not in the other: "
+                       f"'é'); prepare the data with the model's tokenizer")
 
 
 def test_load_model_from_an_out_dir_takes_best_pt(tmp_path):
