@@ -5,6 +5,7 @@
 #                                            # triton-vs-sdpa loss curves
 #   bash scripts/gpu_acceptance.sh bench     # bench.py: training baseline vs fast, attention, inference
 #   bash scripts/gpu_acceptance.sh ddp       # 2 GPUs: torchrun DDP and FSDP2 vs 1 GPU, same global batch
+#   bash scripts/gpu_acceptance.sh scaling   # GPT-2 124M on 1, 2 and all GPUs (DDP, FSDP2): tokens/s per GPU
 # Needs (copied in by whoever runs it, since a GPU box has no ../shared): $DATA/input.txt (tinyshakespeare),
 # $DATA/hellaswag_val.jsonl, $DATA/r50k_base.tiktoken. Logs and results go to $OUT (default ./gpu-out).
 set -uo pipefail
@@ -91,6 +92,58 @@ stage_ddp() {
     torchrun --standalone --nproc_per_node=2 train.py $flags --out_dir=out-ddp2 2>&1 | grep -E "^step|error"
     stamp "2 GPUs, torchrun FSDP2"
     torchrun --standalone --nproc_per_node=2 train.py $flags --parallel=fsdp --out_dir=out-fsdp2 2>&1 | grep -E "^step|error"
+}
+
+stage_scaling() {
+    # GPT-2 124M (config/train_gpt2.py) on 1, 2 and all GPUs with the same global batch (0.5M tokens a step), so
+    # tokens/s per GPU against one GPU is the scaling efficiency and the loss curves should agree up to noise.
+    # tinyshakespeare in GPT-2 tokens stands in for a large corpus: the speed does not depend on the text.
+    local n_gpus=$(nvidia-smi -L | wc -l)
+    stamp "environment: $n_gpus GPUs"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    nvidia-smi topo -m
+    python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+    python3 prepare.py --input="$DATA/input.txt" --tokenizer=gpt2 --out_dir=data/tinyshakespeare_gpt2 2>&1 | tail -1
+    local flags="config/train_gpt2.py --data_dir=data/tinyshakespeare_gpt2 --max_iters=${SCALING_STEPS:-40}
+        --eval_interval=${SCALING_STEPS:-40} --eval_iters=10 --log_interval=5 --warmup_iters=5
+        --lr_decay_iters=${SCALING_STEPS:-40} --overwrite=True"
+    local runs="1:ddp 2:ddp"
+    [ "$n_gpus" -ge 4 ] && runs="1:ddp $n_gpus:ddp 2:ddp $n_gpus:fsdp"
+    for run in $runs; do
+        local n=${run%%:*} parallel=${run##*:}
+        local devices=$(seq -s, 0 $((n - 1)))
+        stamp "$n GPU(s), $parallel"
+        if [ "$n" = 1 ]; then
+            CUDA_VISIBLE_DEVICES=$devices timeout 300 python3 train.py $flags --out_dir=out-scaling-1-$parallel 2>&1 | grep -E "^step|error|Error"
+        else
+            CUDA_VISIBLE_DEVICES=$devices timeout 300 torchrun --standalone --nproc_per_node=$n train.py $flags \
+                --parallel=$parallel --out_dir=out-scaling-$n-$parallel 2>&1 | grep -E "^step|error|Error"
+        fi
+        cp out-scaling-$n-$parallel/metrics.jsonl "$OUT/scaling-$n-$parallel.jsonl"
+    done
+    stamp "summary"
+    python3 - "$OUT" <<'PY'
+import glob, json, os, statistics, sys
+runs = {}
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "scaling-*.jsonl"))):
+    records = [json.loads(line) for line in open(path)]
+    world = next(r["world_size"] for r in records if r["type"] == "config")
+    train = [r for r in records if r["type"] == "train"]
+    # the first logged interval holds compilation; the rest are steady steps (evals are left out by train.py)
+    steady = [r["tokens_per_sec"] for r in train[1:]]
+    runs[os.path.basename(path)[8:-6]] = (world, train, steady, [r for r in records if r["type"] == "eval"])
+one = statistics.median(runs["1-ddp"][2])
+print("| run | GPUs | tokens/s (median, min-max) | per GPU | efficiency vs 1 GPU | ms/step |")
+for name, (world, train, steady, _) in runs.items():
+    median = statistics.median(steady)
+    print(f"| {name} | {world} | {median:,.0f} ({min(steady):,.0f}-{max(steady):,.0f}) | {median / world:,.0f} | "
+          f"{median / world / one:.3f} | {statistics.median(r['ms_per_step'] for r in train[1:]):.1f} |")
+print("loss by step:", ", ".join(runs))
+for i, record in enumerate(runs["1-ddp"][1]):
+    print(record["step"], " ".join(f"{r[1][i]['loss']:.4f}" if i < len(r[1]) else "-" for r in runs.values()))
+print("final eval (train / val):", {name: [(e["step"], round(e["train_loss"], 4), round(e["val_loss"], 4)) for e in r[3]]
+                                    for name, r in runs.items()})
+PY
 }
 
 for stage in "$@"; do "stage_$stage" 2>&1 | tee "$OUT/$stage.log"; done
