@@ -75,15 +75,23 @@ def _os_error_behind(error):
     return error
 
 
+def _file_identity(path):
+    return os.stat(path).st_ino if os.path.isfile(path) else None
+
+
 def save_checkpoint(state, path):
+    before = _file_identity(path)
     try:
         atomic_write(path, lambda f: torch.save(state, f))
     except (OSError, RuntimeError) as e:
         os_error = _os_error_behind(e)
         if os_error is None:  # torch's own failure, not the disk's: keep its traceback
             raise
-        # atomic_write removed its temp file and never touched `path`
-        kept = "the previous checkpoint there is intact" if os.path.isfile(path) else "no checkpoint was written"
+        # atomic_write removed its temp file; `path` changed only if the failure came after the rename
+        after = _file_identity(path)
+        kept = ("no checkpoint was written" if after is None else
+                "the previous checkpoint there is intact" if after == before else
+                "the new checkpoint is in place, but its folder could not be synced")
         full = os_error.errno in (errno.ENOSPC, errno.EDQUOT)
         fix = "free some space or choose another --out_dir" if full else "choose another --out_dir"
         raise CheckpointWriteError(f"cannot write checkpoint {path}: {os_error.strerror or os_error}; {kept}; "

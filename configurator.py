@@ -32,17 +32,26 @@ class ConfigError(SystemExit):
 def quiet_broken_pipe():
     """Every script's `__main__` runs inside this: when the reader of its output goes away (`python sample.py |
     head -3`), the script stops with exit status 1 instead of a BrokenPipeError traceback, as Python's docs
-    recommend (library/signal.html, "Note on SIGPIPE")."""
+    recommend (library/signal.html, "Note on SIGPIPE"). Any other way out (an error line, Ctrl-C's status 130)
+    is kept as it was, even when stdout's last flush also finds the pipe closed."""
     try:
-        try:
-            yield
-        finally:
-            sys.stdout.flush()  # here, not at interpreter exit, where a failed flush prints "Exception ignored"
+        yield
+        sys.stdout.flush()  # here, not at interpreter exit, where a failed flush prints "Exception ignored"
     except BrokenPipeError:
-        # the flush at exit would fail again on the closed pipe: point stdout at devnull for it
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _stdout_to_devnull()
         raise SystemExit(1) from None
+    except BaseException:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _stdout_to_devnull()
+        raise
+
+
+def _stdout_to_devnull():
+    """The interpreter flushes stdout once more at exit: on a closed pipe that would fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _check_type(key, value, default, source):

@@ -13,7 +13,8 @@ read its data files), turned into tinyshakespeare-style text ("NAME:" then the l
 directions dropped), one document per play. A local file or folder named `shakespeare` or `tinyshakespeare` wins
 over these built-in names. A file is one document, a folder gives one per file, JSONL one per line. Text is read
 as UTF-8; undecodable bytes become U+FFFD and are counted (--strict=True refuses them). A file that is clearly
-binary (NUL bytes, or a quarter of it undecodable, in its first 8 KiB) is refused; inside a folder, skipped with a note.
+binary or not UTF-8 (a UTF-16 byte-order mark, NUL bytes, or a quarter of it undecodable, in its first 8 KiB) is
+refused; inside a folder, skipped with a note.
 
 Output, in out_dir (default data/<input name>_<tokenizer>):
   train_000000.bin ..., val_000000.bin ...  raw little-endian uint16 tokens (uint32 if vocab_size > 65535), no
@@ -91,7 +92,7 @@ TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/maste
 CHAR_DEFAULT_INPUTS = ("shakespeare", "tinyshakespeare")
 FOLDER_PATTERNS = ("*.txt", "*.md")
 READ_BYTES = 1 << 20
-SNIFF_BYTES = 8192  # how much of a file binary_reason looks at
+SNIFF_BYTES = 8192  # how much of a file not_utf8_text looks at
 BINARY_UNDECODABLE_SHARE = 0.25  # random bytes have ~0.4 undecodable sequences per byte, Latin-1 prose ~0.05
 CHUNK_CHARS = 1 << 18  # long documents are tokenized in pieces of about this many characters
 MIN_VAL_DOCUMENTS = 10  # split_mode='auto' splits by document when at least this many val documents are expected
@@ -387,19 +388,24 @@ def folder_files(folder, include):
     return sorted(paths)
 
 
-def binary_reason(path):
-    """Why the file at `path` is clearly not text (an image, an archive, ...), or None. Judged on its first
-    SNIFF_BYTES: text never holds NUL bytes, and text with a few bad bytes (replaced by U+FFFD, counted) has far
-    fewer undecodable sequences than binary data."""
+def not_utf8_text(path):
+    """Why the file at `path` is not UTF-8 text, or None: a byte-order mark of UTF-16 or UTF-32 (what Windows
+    Notepad's "Unicode" writes), or clearly binary data (an image, an archive), or text in a legacy encoding.
+    Judged on its first SNIFF_BYTES: UTF-8 text never holds NUL bytes, and UTF-8 text with a few bad bytes
+    (replaced by U+FFFD, counted) has far fewer undecodable sequences than anything else."""
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES)
+    for mark, encoding in ((b"\xff\xfe\0\0", "UTF-32"), (b"\0\0\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+                           (b"\xfe\xff", "UTF-16")):  # UTF-32's little-endian mark begins with UTF-16's
+        if head.startswith(mark):
+            return f"is {encoding} text (it starts with {encoding}'s byte-order mark), not UTF-8"
     where = f"in its first {len(head):,} bytes"
     if b"\0" in head:
-        return f"NUL bytes {where}"
+        return f"looks binary, not text (NUL bytes {where})"
     head = head[:len(head) - incomplete_utf8_tail(head)]  # a character cut by the sniff is not an error
     undecodable = head.decode("utf-8", errors="replace").count("\ufffd") - head.count("\ufffd".encode())
     if head and undecodable > BINARY_UNDECODABLE_SHARE * len(head):
-        return f"{undecodable:,} undecodable byte sequences {where}"
+        return f"looks binary or in another encoding, not UTF-8 text ({undecodable:,} undecodable byte sequences {where})"
     return None
 
 
@@ -408,9 +414,9 @@ def text_files(paths):
     skipped with a one-line note, as a user who pointed at the folder wants its text, not an error."""
     kept = []
     for path in paths:
-        reason = binary_reason(path)
+        reason = not_utf8_text(path)
         if reason:
-            print(f"note: skipping {path}: it looks binary, not text ({reason})", file=sys.stderr)
+            print(f"note: skipping {path}: it {reason} (convert it to UTF-8 if it is text)", file=sys.stderr)
         else:
             kept.append(path)
     return kept
@@ -520,8 +526,8 @@ def open_input(config, download_folder):
             raise PrepareError(f"folder '{spec}' has no {wanted} files; add others with --include='*.EXT'")
         found, paths = len(paths), text_files(paths)
         if not paths:
-            raise PrepareError(f"folder '{spec}' has no text files (its {found} matching file(s) look binary); "
-                               f"point --input at a folder of text files")
+            raise PrepareError(f"folder '{spec}' has no UTF-8 text files (its {found} matching file(s) are not); "
+                               f"point --input at a folder of text files, or convert them to UTF-8")
         return files_input({"kind": "folder", "location": path, "documents": len(paths)}, paths)
     if json_lines:
         field_name = config["text_field"]
@@ -529,9 +535,9 @@ def open_input(config, download_folder):
                      lambda stats, strict: read_jsonl(path, field_name, stats, strict),
                      count_nonblank_lines(path, math.ceil(MIN_VAL_DOCUMENTS / config["val_fraction"])),
                      os.path.getsize(path))
-    if reason := binary_reason(path):  # one file asked for by name: tokenizing it would train on garbage
-        raise PrepareError(f"{spec} looks binary, not text ({reason}); point --input at the text files instead "
-                           f"(or convert it to UTF-8 if it is text in another encoding)")
+    if reason := not_utf8_text(path):  # one file asked for by name: tokenizing it would train on garbage
+        raise PrepareError(f"{spec} {reason}; point --input at the text files instead (or convert it to UTF-8 if "
+                           f"it is text in another encoding)")
     return files_input({"kind": "file", "location": path}, [path])
 
 

@@ -231,14 +231,20 @@ def set_rng_state(state, device):
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def true_everywhere(local, world_size, device):
+    """True when `local` is True in every process: decisions that end the run are taken by all of them together,
+    so that none is left waiting in a collective for one that has gone."""
+    flag = torch.tensor(float(local), device=device)
+    if world_size > 1:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag)
+
+
 def all_finite(model, world_size):
     """True when the weights of every process (its shard, under FSDP) are all finite."""
     from torch.distributed.tensor import DTensor
     local = all(bool(torch.isfinite(p.to_local() if isinstance(p, DTensor) else p).all()) for p in model.parameters())
-    flag = torch.tensor(float(local), device=next(model.parameters()).device)
-    if world_size > 1:
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    return bool(flag)
+    return true_everywhere(local, world_size, next(model.parameters()).device)
 
 
 def shard_model(model, device):
@@ -279,8 +285,10 @@ def gradient_sync(model, fsdp, world_size, enabled):
         model.set_requires_gradient_sync(enabled)
         # Between the micro-steps of one optimizer step the weights stay gathered, as the gradients stay unreduced:
         # two all-gathers a step instead of two per micro-step, for one full copy of the weights in memory while
-        # accumulating. GPT-2 124M on 4 GPUs: 55% -> 78% of linear scaling (BENCHMARKS.md, "Four GPUs").
-        model.set_reshard_after_forward(enabled)
+        # accumulating. GPT-2 124M on 4 GPUs: 55% -> 75-78% of linear scaling (BENCHMARKS.md, "four GPUs"). Blocks
+        # only: FSDP2 never reshards the root (embeddings, final norm) after forward, since backward needs it next.
+        for block in model.transformer.h:
+            block.set_reshard_after_forward(enabled)
         model.set_reshard_after_backward(enabled)
         return nullcontext()
     return nullcontext() if enabled else model.no_sync()
@@ -517,12 +525,16 @@ def train(config):
             "step": step, "best_val_loss": best_val_loss, "world_size": world_size, "fsdp": fsdp,
             "data_generator": train_sampler.generator.get_state(), "rng_states": all_rng_states,
         }
+        failure = None
         if master:
             for name in names:
                 try:
                     save_checkpoint(state, os.path.join(config["out_dir"], name))
                 except CheckpointWriteError as e:  # a full disk: one line, not torch's traceback
-                    raise SystemExit(f"error: {e}") from None
+                    failure = f"error: {e}"
+                    break
+        if not true_everywhere(failure is None, world_size, device):  # the others stop quietly with rank 0
+            raise SystemExit(failure or 1)
 
     log_metrics({"type": "config", "step": step, "config": config, "world_size": world_size})
     start_step, losses = step, []

@@ -5,7 +5,7 @@
 #                                            # triton-vs-sdpa loss curves
 #   bash scripts/gpu_acceptance.sh bench     # bench.py: training baseline vs fast, attention, inference
 #   bash scripts/gpu_acceptance.sh ddp       # 2 GPUs: torchrun DDP and FSDP2 vs 1 GPU, same global batch
-#   bash scripts/gpu_acceptance.sh scaling   # GPT-2 124M on 1, 2 and all GPUs (DDP, FSDP2): tokens/s per GPU
+#   bash scripts/gpu_acceptance.sh scaling   # GPT-2 124M on 1, 2 and all GPUs (DDP; FSDP2 on all): tokens/s per GPU
 # Needs (copied in by whoever runs it, since a GPU box has no ../shared): $DATA/input.txt (tinyshakespeare),
 # $DATA/hellaswag_val.jsonl, $DATA/r50k_base.tiktoken. Logs and results go to $OUT (default ./gpu-out).
 set -uo pipefail
@@ -107,19 +107,24 @@ stage_scaling() {
     local flags="config/train_gpt2.py --data_dir=data/tinyshakespeare_gpt2 --max_iters=${SCALING_STEPS:-40}
         --eval_interval=${SCALING_STEPS:-40} --eval_iters=10 --log_interval=5 --warmup_iters=5
         --lr_decay_iters=${SCALING_STEPS:-40} --overwrite=True"
-    local runs="1:ddp 2:ddp"
-    [ "$n_gpus" -ge 4 ] && runs="1:ddp $n_gpus:ddp 2:ddp $n_gpus:fsdp"
+    # one GPU, all of them (DDP), two (DDP) when that is fewer, and all of them under FSDP2
+    local runs="1:ddp"
+    [ "$n_gpus" -ge 2 ] && runs="$runs $n_gpus:ddp"
+    [ "$n_gpus" -gt 2 ] && runs="$runs 2:ddp"
+    [ "$n_gpus" -ge 2 ] && runs="$runs $n_gpus:fsdp"
+    rm -f "$OUT"/scaling-*.jsonl  # the summary reads every one it finds
     for run in $runs; do
         local n=${run%%:*} parallel=${run##*:}
         local devices=$(seq -s, 0 $((n - 1)))
         stamp "$n GPU(s), $parallel"
+        rm -f out-scaling-$n-$parallel/metrics.jsonl  # an earlier invocation's, which a failed run would leave
         if [ "$n" = 1 ]; then
             CUDA_VISIBLE_DEVICES=$devices timeout 300 python3 train.py $flags --out_dir=out-scaling-1-$parallel 2>&1 | grep -E "^step|error|Error"
         else
             CUDA_VISIBLE_DEVICES=$devices timeout 300 torchrun --standalone --nproc_per_node=$n train.py $flags \
                 --parallel=$parallel --out_dir=out-scaling-$n-$parallel 2>&1 | grep -E "^step|error|Error"
         fi
-        cp out-scaling-$n-$parallel/metrics.jsonl "$OUT/scaling-$n-$parallel.jsonl"
+        cp out-scaling-$n-$parallel/metrics.jsonl "$OUT/scaling-$n-$parallel.jsonl" || echo "run failed: no metrics"
     done
     stamp "summary"
     python3 - "$OUT" <<'PY'
@@ -132,6 +137,8 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "scaling-*.jsonl"))):
     # the first logged interval holds compilation; the rest are steady steps (evals are left out by train.py)
     steady = [r["tokens_per_sec"] for r in train[1:]]
     runs[os.path.basename(path)[8:-6]] = (world, train, steady, [r for r in records if r["type"] == "eval"])
+if "1-ddp" not in runs:
+    sys.exit("the one-GPU run failed: no efficiency to compute")
 one = statistics.median(runs["1-ddp"][2])
 print("| run | GPUs | tokens/s (median, min-max) | per GPU | efficiency vs 1 GPU | ms/step |")
 for name, (world, train, steady, _) in runs.items():

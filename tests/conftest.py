@@ -48,8 +48,11 @@ def run_script(args, check=True, env=None, **kwargs):
 
 def run_into_closed_pipe(args, lines=0):
     """Run a repo script (or `-c CODE`) whose reader stops after `lines` lines, as `python X.py | head -N` does;
-    returns (returncode, stderr). The read end is closed at once after those lines, so later writes fail."""
-    process = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    returns (returncode, stderr). The read end is closed at once after those lines, so later writes fail. stdout
+    is block-buffered, as in a user's shell, whatever PYTHONUNBUFFERED says here."""
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    process = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=env)
     for _ in range(lines):
         process.stdout.readline()
     process.stdout.close()

@@ -81,3 +81,13 @@ def test_broken_pipe_stops_quietly():
         code = f"from configurator import quiet_broken_pipe\nwith quiet_broken_pipe():\n    {body}"
         returncode, stderr = run_into_closed_pipe(["-c", code], lines=1 if "range" in body else 0)
         assert (returncode, stderr) == (1, ""), body
+
+
+def test_broken_pipe_keeps_the_scripts_own_ending():
+    """An error line or Ctrl-C's status that leaves while stdout's buffer meets the closed pipe is not turned into
+    the quiet status 1: the reader of stderr still learns what went wrong."""
+    for body, expected in (("print('buffered'); raise SystemExit('error: the real problem')",
+                            (1, "error: the real problem\n")),
+                           ("print('buffered'); raise SystemExit(130)", (130, ""))):
+        code = f"from configurator import quiet_broken_pipe\nwith quiet_broken_pipe():\n    {body}"
+        assert run_into_closed_pipe(["-c", code]) == expected, body

@@ -498,8 +498,13 @@ def test_binary_files_are_refused_or_skipped_in_a_folder(tmp_path, capsys):
     line = prepare_fails(tmp_path, "--input=photo.png", "--tokenizer=char")
     assert line.startswith("error: photo.png looks binary, not text (NUL bytes") and "--input" in line, line
     assert not os.path.exists(tmp_path / "out")
-    with pytest.raises(PrepareError, match=r"noise.txt looks binary, not text \([\d,]+ undecodable byte sequences"):
+    with pytest.raises(PrepareError, match=r"noise.txt looks binary or in another encoding, not UTF-8 text "
+                                           r"\([\d,]+ undecodable byte sequences"):
         run_prepare(input=tmp_path / "noise.txt", out_dir=tmp_path / "out", tokenizer="char")
+    (tmp_path / "notepad.txt").write_text("thou art the fairest rose\n", encoding="utf-16")  # with its BOM
+    with pytest.raises(PrepareError, match=r"notepad.txt is UTF-16 text \(it starts with UTF-16's byte-order mark\), "
+                                           r"not UTF-8; .*convert it to UTF-8"):
+        run_prepare(input=tmp_path / "notepad.txt", out_dir=tmp_path / "out", tokenizer="char")
     assert not os.path.exists(tmp_path / "out")
 
     notes = tmp_path / "notes"
@@ -507,15 +512,17 @@ def test_binary_files_are_refused_or_skipped_in_a_folder(tmp_path, capsys):
     (notes / "a.txt").write_text("thou art the fairest rose\n" * 50, encoding="utf-8")
     (notes / "b.png").write_bytes(png)
     (notes / "c.txt").write_bytes(noise)
+    (notes / "d.txt").write_text("thou art the fairest rose\n", encoding="utf-32")
     capsys.readouterr()
     meta = run_prepare(input=notes, out_dir=tmp_path / "out", tokenizer="char", include="*.png")
     skipped = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: skipping")]
     assert [line.removeprefix("note: skipping ").split(": ")[0] for line in skipped] == [
-        str(notes / "b.png"), str(notes / "c.txt")], skipped
+        str(notes / "b.png"), str(notes / "c.txt"), str(notes / "d.txt")], skipped
+    assert "it is UTF-32 text" in skipped[2] and skipped[2].endswith("(convert it to UTF-8 if it is text)")
     assert meta["sources"][0]["documents"] == 1
     assert set(meta["tokenizer"]["chars"]) == set("thou art the fairest rose\n")  # nothing from b.png or c.txt
     os.remove(notes / "a.txt")
-    with pytest.raises(PrepareError, match="folder .* has no text files .*2 matching file"):
+    with pytest.raises(PrepareError, match="folder .* has no UTF-8 text files .*3 matching file"):
         run_prepare(input=notes, out_dir=tmp_path / "out2", tokenizer="char", include="*.png")
 
 
