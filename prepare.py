@@ -170,6 +170,12 @@ def incomplete_utf8_tail(data):
     return 0
 
 
+def replaced_sequences(data, text):
+    """How many U+FFFD in `text` (`data` decoded with errors='replace') stand for undecodable bytes, not for
+    U+FFFD characters that `data` spelled itself."""
+    return text.count("\ufffd") - data.count("\ufffd".encode())
+
+
 def decode_utf8(data, stats, where, strict, offset=0):
     """`data` (found at byte `offset` of `where`) as text; undecodable bytes are refused (strict) or replaced
     by U+FFFD and counted."""
@@ -180,7 +186,7 @@ def decode_utf8(data, stats, where, strict, offset=0):
             raise PrepareError(f"{where}: undecodable bytes at byte {offset + e.start} (not UTF-8); convert it to "
                                f"UTF-8, or drop --strict=True to replace them") from None
         text = data.decode("utf-8", errors="replace")
-        stats.replaced += text.count("\ufffd") - data.count("\ufffd".encode())
+        stats.replaced += replaced_sequences(data, text)
         stats.first_replaced = stats.first_replaced or where
         return text
 
@@ -403,7 +409,7 @@ def not_utf8_text(path):
     if b"\0" in head:
         return f"looks binary, not text (NUL bytes {where})"
     head = head[:len(head) - incomplete_utf8_tail(head)]  # a character cut by the sniff is not an error
-    undecodable = head.decode("utf-8", errors="replace").count("\ufffd") - head.count("\ufffd".encode())
+    undecodable = replaced_sequences(head, head.decode("utf-8", errors="replace"))
     if head and undecodable > BINARY_UNDECODABLE_SHARE * len(head):
         return f"looks binary or in another encoding, not UTF-8 text ({undecodable:,} undecodable byte sequences {where})"
     return None
