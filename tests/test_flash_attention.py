@@ -120,6 +120,15 @@ def test_custom_softmax_scale():
     check_against_reference((1, 2, 33, 32), torch.float32, causal=False, scale=0.37)
 
 
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_row_maxima_that_keep_growing(causal):
+    # The online softmax rescales its running sums whenever a row's maximum grows. Here the keys' size ramps up
+    # 40-fold along the sequence, so the maxima keep growing from tile to tile, by more than 128 (log2 units) in
+    # all: a kernel that skipped or botched a rescale would overflow exp2 (inf/NaN) or miss fp32's 1e-5 bound.
+    ramp = torch.linspace(1.0, 40.0, 127, device=DEVICE).view(1, 1, -1, 1)
+    check_against_reference((1, 2, 127, 32), torch.float32, causal, make_views=lambda q, k, v: (q, k * ramp, v))
+
+
 @pytest.mark.parametrize("D", [8, 24])
 def test_head_dim_not_power_of_two(D):
     check_against_reference((1, 2, 21, D), torch.float32, causal=True)
