@@ -108,8 +108,10 @@ def _read_config_file(path):
     return settings
 
 
-def load_config(defaults, argv):
-    """Apply config files and --key=value flags in `argv` to a copy of `defaults`."""
+def load_config(defaults, argv, passed=None):
+    """Apply config files and --key=value flags in `argv` to a copy of `defaults`. If `passed` is a set, the keys
+    that argv set are added to it, for a script that treats what a run asked for apart from its defaults (train.py's
+    resume takes every setting not passed from the checkpoint's run)."""
     config = dict(defaults)
     for arg in argv:
         if arg in ("-h", "--help"):
@@ -127,6 +129,8 @@ def load_config(defaults, argv):
             if key not in defaults:
                 raise _unknown_key(key, defaults, source)
             config[key] = _check_type(key, value, defaults[key], source)
+            if passed is not None:
+                passed.add(key)
     return config
 
 

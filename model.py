@@ -34,6 +34,11 @@ from fp8 import fp8_linear
 ATTENTION_CHOICES = ("auto", "triton", "sdpa", "reference")
 
 
+class ModelError(ValueError):
+    """Settings or files this GPT cannot take (a shape, a Hugging Face folder, a sampling option); the message says
+    which and how to fix it. Scripts print it as one line; any other exception is a bug and keeps its traceback."""
+
+
 @dataclass
 class GPTConfig:
     block_size: int = 1024
@@ -51,9 +56,9 @@ class GPTConfig:
 
     def __post_init__(self):
         if self.attention not in ATTENTION_CHOICES:
-            raise ValueError(f"attention must be one of {ATTENTION_CHOICES}, got {self.attention!r}")
+            raise ModelError(f"attention must be one of {ATTENTION_CHOICES}, got {self.attention!r}")
         if self.n_embd % self.n_head != 0:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise ModelError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
     @property
     def padded_vocab_size(self):
@@ -106,7 +111,7 @@ def attend(q, k, v, mode, dropout_p=0.0):
         mode = "sdpa"
     if mode == "triton":
         if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError("attention='triton' needs a CUDA GPU; use attention='sdpa' on the CPU (the tests run "
+            raise ModelError("attention='triton' needs a CUDA GPU; use attention='sdpa' on the CPU (the tests run "
                              "the kernel on the CPU by starting Python with TRITON_INTERPRET=1)")
         from flash_attention import flash_attention  # imported lazily: CPU-only users never load triton
         return flash_attention(q, k, v, causal=True)
@@ -275,7 +280,7 @@ DECODE_COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 def check_decode_compile_mode(mode, name="compile_mode"):
     if mode not in DECODE_COMPILE_MODES:
-        raise ValueError(f"{name} must be one of {', '.join(DECODE_COMPILE_MODES)}, got {mode!r}")
+        raise ModelError(f"{name} must be one of {', '.join(DECODE_COMPILE_MODES)}, got {mode!r}")
 
 
 @functools.cache
@@ -317,7 +322,7 @@ class Decoder:
     A graph replays fixed shapes, so the inputs live in fixed buffers (`token`, `position`) that each step
     overwrites, and each graph attends over a fixed number of cache slots (masking those past the position): one
     graph per `cache_bucket` and greedy or not, recorded when first needed, at the price of an extra eager step and
-    a capture. With cuda_graph=False, or on a CPU, steps run eagerly.
+    a capture. With cuda_graph=False, or on a CPU, steps run eagerly and uncompiled (`compile` is ignored).
     """
 
     def __init__(self, model, batch_size, cuda_graph=True, compile=False, compile_mode="default"):
@@ -419,14 +424,14 @@ class GPT(nn.Module):
         """
         B, T = idx.size()
         if not torch.is_tensor(start_pos) and start_pos + T > self.config.block_size:
-            raise ValueError(f"sequence of length {start_pos + T} exceeds block_size {self.config.block_size}")
+            raise ModelError(f"sequence of length {start_pos + T} exceeds block_size {self.config.block_size}")
         pos = start_pos + torch.arange(T, dtype=torch.long, device=idx.device)  # start_pos: int or 1-element tensor
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if kv_caches is None else kv_caches[i], start_pos)
         if last_logits_only:
             if targets is not None:
-                raise ValueError("last_logits_only is for generation: it cannot be combined with targets")
+                raise ModelError("last_logits_only is for generation: it cannot be combined with targets")
             x = x[:, -1:]
         x = self.transformer.ln_f(x)
         if targets is not None and self.config.fused_loss and torch.is_grad_enabled():
@@ -444,7 +449,7 @@ class GPT(nn.Module):
     def crop_block_size(self, block_size):
         """Shrink the context to block_size (e.g. fine-tune GPT-2's 1024 at 256): drop position rows."""
         if block_size > self.config.block_size:
-            raise ValueError(f"cannot grow block_size from {self.config.block_size} to {block_size}")
+            raise ModelError(f"cannot grow block_size from {self.config.block_size} to {block_size}")
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
 
@@ -487,7 +492,7 @@ class GPT(nn.Module):
             decoder = Decoder(self, B, cuda_graph=cuda_graph, compile=compile, compile_mode=compile_mode)
         if use_cache and (decoder.batch_size != B or decoder.model is not self
                           or decoder.dtype != self.transformer.wte.weight.dtype):
-            raise ValueError(f"this Decoder was made for {decoder.batch_size} rows of another model or dtype; "
+            raise ModelError(f"this Decoder was made for {decoder.batch_size} rows of another model or dtype; "
                              f"make a new one for these {B} rows")
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
         cached_len = 0
@@ -529,14 +534,14 @@ class GPT(nn.Module):
             hf = json.load(f)
         if not isinstance(hf, dict) or hf.get("model_type", "gpt2") != "gpt2":
             kind = hf.get("model_type") if isinstance(hf, dict) else type(hf).__name__
-            raise ValueError(f"{config_path} is not a GPT-2 config (model_type {kind!r}); this GPT reads GPT-2 only")
+            raise ModelError(f"{config_path} is not a GPT-2 config (model_type {kind!r}); this GPT reads GPT-2 only")
         for key in ("n_embd", "n_layer", "n_head", "vocab_size"):
             if not isinstance(hf.get(key), int) or isinstance(hf.get(key), bool):
-                raise ValueError(f"{config_path}: {key} must be a whole number, got {hf.get(key)!r}")
+                raise ModelError(f"{config_path}: {key} must be a whole number, got {hf.get(key)!r}")
         if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise ValueError(f"unsupported activation_function {hf['activation_function']!r} in {config_path}")
+            raise ModelError(f"unsupported activation_function {hf['activation_function']!r} in {config_path}")
         if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
-            raise ValueError(f"{config_path}: n_inner={hf['n_inner']}, but this GPT's MLP is 4 x n_embd wide")
+            raise ModelError(f"{config_path}: n_inner={hf['n_inner']}, but this GPT's MLP is 4 x n_embd wide")
         config = GPTConfig(block_size=hf.get("n_positions", hf.get("n_ctx", 1024)), vocab_size=hf["vocab_size"],
                            n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"], bias=True,
                            dropout=0.0, attention=attention)
@@ -557,7 +562,7 @@ class GPT(nn.Module):
             rows_fit = (tensor.shape[0] <= target.shape[0] if ours == "transformer.wte.weight"  # padded rows
                         else tensor.shape[0] == target.shape[0])
             if tensor.shape[1:] != target.shape[1:] or not rows_fit:
-                raise ValueError(f"{path}: weight {name!r} is {tuple(tensor.shape)}, but config.json's shape makes "
+                raise ModelError(f"{path}: weight {name!r} is {tuple(tensor.shape)}, but config.json's shape makes "
                                  f"it {tuple(target.shape)}; config.json and the weights disagree")
             if ours == "transformer.wte.weight":
                 target[: tensor.size(0)].copy_(tensor)  # the padding rows keep their init
@@ -565,7 +570,7 @@ class GPT(nn.Module):
                 target.copy_(tensor)
             missing.discard(ours)
         if missing:  # a model half random would load "fine" and generate noise
-            raise ValueError(f"{path} lacks {len(missing)} weight(s) this GPT needs, e.g. {sorted(missing)[0]!r}")
+            raise ModelError(f"{path} lacks {len(missing)} weight(s) this GPT needs, e.g. {sorted(missing)[0]!r}")
         return model
 
     def export_hf(self, path):
@@ -638,7 +643,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         device_type = x.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
         if dtype == torch.float16:  # float16 training scales the loss in backward, too late for these gradients
-            raise ValueError(FUSED_LOSS_FLOAT16_ERROR)
+            raise ModelError(FUSED_LOSS_FLOAT16_ERROR)
         x_c, w_c = x.to(dtype), weight.to(dtype)
         valid = targets != -1
         count = valid.sum().clamp(min=1)
@@ -683,7 +688,7 @@ def _read_hf_weights(path):
         return torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as e:  # a download or copy cut short fails in many ways deep inside either reader
         first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{weights_path} is unreadable, truncated or corrupt ({first_line}); "
+        raise ModelError(f"{weights_path} is unreadable, truncated or corrupt ({first_line}); "
                          f"re-export or re-download it") from None
 
 
@@ -691,11 +696,11 @@ def check_sampling(temperature, top_k=None, top_p=None):
     """Refuse settings that would silently sample something other than asked (a negative temperature picks the
     least likely tokens). top_k 0 or None and top_p 1 or None are off."""
     if temperature < 0:
-        raise ValueError(f"temperature must be 0 (greedy) or more, got {temperature}")
+        raise ModelError(f"temperature must be 0 (greedy) or more, got {temperature}")
     if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k must be 0 (off) or a positive number of tokens, got {top_k}")
+        raise ModelError(f"top_k must be 0 (off) or a positive number of tokens, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (1.0 = off; temperature=0 is greedy), got {top_p}")
+        raise ModelError(f"top_p must be in (0, 1] (1.0 = off; temperature=0 is greedy), got {top_p}")
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

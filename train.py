@@ -7,9 +7,10 @@ Several GPUs on one node with DDP (or FSDP2 with --parallel=fsdp, which shards w
     torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
 Several nodes: torchrun's own flags (--nnodes, --node_rank, --rdzv_endpoint ...).
 
-Resume exactly where a run stopped with `--init_from=resume`; fine-tune from one of our
-checkpoints or a Hugging Face GPT-2 folder with `--init_from=PATH`; distill from a teacher with
-`--teacher=PATH`. Every default below can be overridden by a config/*.py file or a --key=value flag.
+Resume exactly where a run stopped with `python train.py --out_dir=DIR --init_from=resume`: every setting this
+command does not pass comes from the checkpoint's run. Fine-tune from one of our checkpoints or a Hugging Face
+GPT-2 folder with `--init_from=PATH`; distill from a teacher with `--teacher=PATH`. Every default below can be
+overridden by a config/*.py file or a --key=value flag.
 """
 
 import json
@@ -294,9 +295,20 @@ def gradient_sync(model, fsdp, world_size, enabled):
     return nullcontext() if enabled else model.no_sync()
 
 
-def build_model(config, meta, device):
-    """(model, checkpoint or None) for init_from = scratch, resume or a path to fine-tune from."""
-    from checkpoint import load_checkpoint, load_model, model_from_checkpoint
+def optimizer_step(model, optimizer, scaler, grad_clip):
+    """The end of a step, once every micro-batch's gradients are in (bench.py times the same): clip them (unscaled
+    first when float16's GradScaler scaled them; 0 disables clipping), step AdamW, clear them."""
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def build_model(config, meta, device, checkpoint=None):
+    """The model for init_from = scratch, resume (from `checkpoint`, out_dir's last.pt) or a path to fine-tune from."""
+    from checkpoint import load_model, model_from_checkpoint
     from model import GPT, GPTConfig
     from tokenizer import describe_spec
 
@@ -305,21 +317,16 @@ def build_model(config, meta, device):
         model_args = dict(n_layer=config["n_layer"], n_head=config["n_head"], n_embd=config["n_embd"],
                           block_size=config["block_size"], bias=config["bias"], vocab_size=meta["vocab_size"],
                           dropout=config["dropout"], attention=config["attention"])
-        return GPT(GPTConfig(**model_args)), None
+        return GPT(GPTConfig(**model_args))
     if init_from == "resume":
-        path = os.path.join(config["out_dir"], "last.pt")
-        if not os.path.isfile(path):
-            raise SystemExit(f"error: init_from=resume but {path} does not exist; train first or use init_from=scratch")
-        checkpoint = load_checkpoint(path)
         ours, data = checkpoint["tokenizer"], meta["tokenizer"]
         if ours != data:
-            raise SystemExit(f"error: {path} was trained on tokenizer {describe_spec(ours, data)} but "
-                             f"{config['data_dir']} was prepared with {describe_spec(data, ours)}; resume on the data "
-                             f"it was trained on")
+            raise SystemExit(f"error: {config['out_dir']}/last.pt was trained on tokenizer {describe_spec(ours, data)} "
+                             f"but {config['data_dir']} was prepared with {describe_spec(data, ours)}; resume on the "
+                             f"data it was trained on")
         model = model_from_checkpoint(checkpoint, config["attention"])
-        if config["dropout"] != DEFAULTS["dropout"]:  # asked for by this run: a training option, not the shape
-            model.set_dropout(config["dropout"])
-        return model, checkpoint
+        model.set_dropout(config["dropout"])  # a training option, not the shape: the checkpoint's unless passed
+        return model
     # fine-tuning: weights (and architecture) from a checkpoint or a Hugging Face folder
     if not os.path.exists(init_from):
         raise SystemExit(f"error: init_from={init_from!r} is not 'scratch', 'resume' or an existing checkpoint/folder")
@@ -330,7 +337,19 @@ def build_model(config, meta, device):
                          f"prepared with {describe_spec(data, ours)}; prepare the data with the model's tokenizer")
     model.crop_block_size(config["block_size"])
     model.set_dropout(config["dropout"])
-    return model, None
+    return model
+
+
+# On resume these describe this command, not the run being continued, so they never come from the checkpoint.
+NOT_RESUMED = ("out_dir", "init_from", "overwrite", "eval_only")
+
+
+def resume_settings(config, saved, passed):
+    """The settings of a resumed run: the checkpoint's run's (`saved`), except the keys this command passed (and
+    NOT_RESUMED), so that `--init_from=resume` alone continues the run as it was, and a flag changes what it names."""
+    inherited = {key: value for key, value in saved.items()
+                 if key in config and key not in passed and key not in NOT_RESUMED}
+    return {**config, **inherited}
 
 
 def set_training_options(model, config, device):
@@ -346,21 +365,31 @@ def set_training_options(model, config, device):
     model.set_fp8(config["fp8"])
 
 
-def train(config):
-    """Run training as configured; returns the list of per-step losses this process logged."""
-    from checkpoint import CheckpointWriteError, save_checkpoint, unwritable_folder
+def train(config, passed=None):
+    """Run training as configured; returns the list of per-step losses this process logged. passed: the keys the
+    command line set (configurator.load_config); a resume takes every other setting from the checkpoint's run.
+    None counts every key as passed, so that `config` is taken as it is."""
+    from checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint, unwritable_folder
     from configurator import format_config
     from model import mfu
     from prepare import left_by_a_killed_process, open_split, read_meta
     from tokenizer import describe_spec, load_tokenizer
 
+    passed = config.keys() if passed is None else passed
+    if not config["out_dir"]:
+        raise SystemExit("error: out_dir is empty; name a folder for the checkpoints, e.g. --out_dir=out")
+    checkpoint = None
+    if config["init_from"] == "resume":
+        path = os.path.join(config["out_dir"], "last.pt")
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: init_from=resume but {path} does not exist; train first or use init_from=scratch")
+        checkpoint = load_checkpoint(path)
+        config = resume_settings(config, checkpoint["config"], passed)
     device, dtype = resolve_device_and_dtype(config["device"], config["dtype"])
     rank, local_rank, world_size, device = setup_distributed(device)
     if device.startswith("cuda"):
         torch.set_float32_matmul_precision("high")  # TF32 tensor cores for fp32 matmuls, as nanoGPT
     master = rank == 0
-    if not config["out_dir"]:
-        raise SystemExit("error: out_dir is empty; name a folder for the checkpoints, e.g. --out_dir=out")
     if config["max_iters"] < 0:
         raise SystemExit(f"error: max_iters must be 0 (evaluate only) or more, got {config['max_iters']}")
     for key in ("eval_interval", "log_interval", "eval_iters", "batch_size", "block_size",
@@ -402,20 +431,20 @@ def train(config):
 
     meta = read_meta(config["data_dir"])
     torch.manual_seed(config["seed"])  # same initial weights on every process
-    model, checkpoint = build_model(config, meta, device)
+    model = build_model(config, meta, device, checkpoint)
     if config["init_from"] != "scratch":  # the shape is the checkpoint's: say so, and record what really runs
         shape = {key: getattr(model.config, key) for key in ("n_layer", "n_head", "n_embd", "bias")}
         # warn about what this run asked for (a flag or config file), not about defaults it never set
-        ignored = {key: config[key] for key in shape if config[key] != shape[key] and config[key] != DEFAULTS[key]}
+        ignored = {key: config[key] for key in shape if key in passed and config[key] != shape[key]}
         if ignored and master:
             print(f"warning: the model's shape comes from {config['init_from']}: "
                   f"{', '.join(f'{key}={shape[key]}' for key in ignored)}, not this run's "
                   f"{', '.join(f'{key}={value}' for key, value in ignored.items())}")
         config = {**config, **shape, "dropout": model.config.dropout}
     set_training_options(model, config, device)
-    if checkpoint is not None and master:  # a resume without the first run's config file would change its recipe
+    if checkpoint is not None and master:  # flags that change the recipe of the run being continued
         changed = {key: value for key, value in checkpoint["config"].items() if key in config and config[key] != value
-                   and key not in ("init_from", "overwrite", "max_iters", "eval_only")}
+                   and key not in NOT_RESUMED and key != "max_iters"}  # a longer run is no change of recipe
         if changed:
             print(f"warning: resuming with settings that differ from the checkpoint's run: "
                   f"{', '.join(f'{key}={config[key]!r} (was {value!r})' for key, value in changed.items())}")
@@ -604,12 +633,7 @@ def train(config):
                     x, y = to_device(*train_sampler.gather(micro_batches[micro_step + 1]), device)
                 scaler.scale(loss).backward()
             step_loss += loss.detach()
-        if config["grad_clip"] > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config["grad_clip"])
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(model, optimizer, scaler, config["grad_clip"])
         step += 1
 
         if step % config["log_interval"] == 0 or step == config["max_iters"]:
@@ -642,19 +666,28 @@ def train(config):
 
 
 def main(argv):
+    from checkpoint import CheckpointError
     from configurator import load_config
-    config = load_config(DEFAULTS, argv)
+    from eval import EvalError
+    from model import ModelError
+    from prepare import PrepareError
+    from tokenizer import TokenizerError
+    passed = set()
+    config = load_config(DEFAULTS, argv, passed)
     try:
-        train(config)
-    except (ValueError, FileNotFoundError) as e:  # PrepareError and TokenizerError included: bad input, one line
+        train(config, passed)
+    # Bad input says what is wrong in one line. Only our own errors: a ValueError from torch (say, a shape mismatch
+    # in a model being hacked on) is a bug, and keeps its traceback.
+    except (CheckpointError, EvalError, ModelError, PrepareError, TokenizerError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt:
         # checkpoints are only ever complete files, so the last one is intact whenever the interrupt came
         if os.path.isfile(os.path.join(config["out_dir"], "last.pt")):
             print("\ninterrupted: continue from the last checkpoint with --init_from=resume", file=sys.stderr)
         else:
-            print(f"\ninterrupted before the first checkpoint (written at step {config['eval_interval']}): nothing "
-                  f"to resume", file=sys.stderr)
+            first = min(config["eval_interval"], config["max_iters"])
+            print(f"\ninterrupted before the first checkpoint (written at step {first}): nothing to resume",
+                  file=sys.stderr)
         raise SystemExit(130) from None
 
 

@@ -1,5 +1,6 @@
 # A small character-level Shakespeare model, nanoGPT's train_shakespeare_char: 6 layers, 6 heads, 384 wide.
-# Data: python prepare.py --input=path/to/tinyshakespeare/input.txt --tokenizer=char --out_dir=data/tinyshakespeare_char
+# Data: python prepare.py --input=tinyshakespeare (downloads it), or from a local copy:
+#       python prepare.py --input=path/to/input.txt --tokenizer=char --out_dir=data/tinyshakespeare_char
 # (tinyshakespeare is a single document, so prepare.py splits it 90/10 by characters, exactly as nanoGPT does.)
 
 out_dir = "out-shakespeare-char"

@@ -386,6 +386,27 @@ def test_resume_checks_the_data_and_keeps_the_checkpoints_shape(char_data_dir, t
     run_script(train_flags(char_data_dir, run_dir, "--init_from=resume", "--max_iters=8", "--eval_interval=2"))
     checkpoint = load_checkpoint(str(run_dir / "last.pt"))
     assert checkpoint["config"]["dropout"] == checkpoint["model_args"]["dropout"] == 0.25
+    # asking for the default is asking too: --dropout=0.0 applies, and a shape flag equal to the default warns
+    result = run_script(train_flags(char_data_dir, run_dir, "--init_from=resume", "--max_iters=10", "--eval_interval=2",
+                                    "--dropout=0.0", "--n_layer=12"))
+    assert "warning: the model's shape comes from resume: n_layer=2, not this run's n_layer=12" in result.stdout
+    checkpoint = load_checkpoint(str(run_dir / "last.pt"))
+    assert checkpoint["config"]["dropout"] == checkpoint["model_args"]["dropout"] == 0.0
+
+
+def test_resume_needs_only_the_out_dir(char_data_dir, tmp_path):
+    """`--out_dir=DIR --init_from=resume` alone continues the run with its own settings (data, model, optimizer,
+    schedule, device: all from the checkpoint's run), and ends where the uninterrupted run would have."""
+    flags = ["--max_iters=8", "--eval_interval=4", "--dropout=0.1", "--seed=7"]
+    run_script(train_flags(char_data_dir, tmp_path / "straight", *flags))
+    run_script(train_flags(char_data_dir, tmp_path / "split", *flags, "--max_iters=4"))
+    result = run_script(["train.py", f"--out_dir={tmp_path / 'split'}", "--init_from=resume", "--max_iters=8"])
+    assert "differ from the checkpoint's run" not in result.stdout, result.stdout
+    straight = load_checkpoint(os.path.join(tmp_path / "straight", "last.pt"))
+    resumed = load_checkpoint(os.path.join(tmp_path / "split", "last.pt"))
+    assert resumed["step"] == 8 and resumed["config"]["data_dir"] == str(char_data_dir)
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
 
 
 def test_settings_that_cannot_work_are_refused(char_data_dir, tmp_path):
@@ -751,3 +772,27 @@ def test_unwritable_output_folders_are_named(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda path, mode: os.path.abspath(path) != str(tmp_path))
     assert unwritable_folder(str(tmp_path / "new" / "run")) == f"{tmp_path} is not writable"
 
+
+
+def test_only_our_errors_become_one_line(monkeypatch, capsys):
+    """train.py prints bad input (our error classes) as one line; any other ValueError, e.g. torch's shape mismatch
+    in a model being hacked on, is a bug and keeps its traceback. Ctrl-C names the step of the first checkpoint."""
+    import train
+    from model import ModelError
+
+    def raising(error):
+        def fake_train(config, passed):
+            raise error
+        return fake_train
+
+    monkeypatch.setattr(train, "train", raising(ValueError("Expected input batch_size (4) to match target (3)")))
+    with pytest.raises(ValueError, match="Expected input batch_size"):
+        train.main(["--device=cpu"])
+    monkeypatch.setattr(train, "train", raising(ModelError("n_embd (32) must be divisible by n_head (3)")))
+    with pytest.raises(SystemExit, match="^error: n_embd"):
+        train.main(["--device=cpu"])
+    monkeypatch.setattr(train, "train", raising(KeyboardInterrupt()))
+    with pytest.raises(SystemExit) as stopped:
+        train.main(["--device=cpu", "--out_dir=/nonexistent-folder", "--max_iters=200", "--eval_interval=250"])
+    assert stopped.value.code == 130
+    assert "first checkpoint (written at step 200)" in capsys.readouterr().err
