@@ -120,27 +120,21 @@ DEFAULTS = config_from_globals(globals())
 MODES = ("train", "attention", "inference", "sizing", "all")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 ASSUMED_MFU = 0.4
-ASSUMED_PEAK_FLOPS = 989e12  # H100 SXM, dense bf16
 CHINCHILLA_TOKENS_PER_PARAM = 20
 
 
 # -----------------------------------------------------------------------------
 # sizing: the arithmetic behind "what does a budget train"
 
-def count_params(n_layer, n_embd, vocab_size, bias=False):
-    """GPT.num_params() without building the model: per layer 12 C^2 weights (attention 4 C^2, MLP 8 C^2), two
-    layer norms and optionally biases; the final layer norm; the token embedding (padded to a multiple of 64, and
-    tied to the output layer). Position embeddings are left out, as num_params() leaves them out."""
-    padded_vocab = (vocab_size + 63) // 64 * 64
-    per_layer = 12 * n_embd * n_embd + 2 * n_embd + (11 * n_embd if bias else 0)  # biases: 3C+C+4C+C linear, 2C norm
-    return n_layer * per_layer + (2 if bias else 1) * n_embd + padded_vocab * n_embd
-
-
-def training_flops(n_params, n_tokens, n_layer=0, n_embd=0, seq_len=0):
-    """FLOPs to train on n_tokens: 6 per parameter per token (2 forward, 4 backward) plus the attention products
-    QK^T and PV, 12 * n_layer * n_embd * seq_len per token (PaLM appendix B; as GPT.flops_per_token). Without a
-    shape (n_layer = 0) just 6 N D."""
-    return (6 * n_params + 12 * n_layer * n_embd * seq_len) * n_tokens
+def params_and_flops_per_token(config):
+    """(parameters, training FLOPs per token) of the model config describes: with --params given, 6 per parameter
+    per token (2 forward, 4 backward); else counted by the GPT itself, built on the meta device (no memory, any
+    size), so the attention products (GPT.flops_per_token) are included."""
+    if config["params"]:
+        return config["params"], 6 * config["params"]
+    with torch.device("meta"):
+        model = model_from_settings(config)
+    return model.num_params(), model.flops_per_token(config["block_size"])
 
 
 def training_seconds(flops, n_gpus, peak_flops_per_gpu, mfu):
@@ -172,17 +166,15 @@ def tokens_in_budget(tokens_per_sec_per_gpu, n_gpus, days):
 def bench_sizing(config, device, dtype, results):
     """The forward question (this model, these tokens, these GPUs: FLOPs, time, GPU-hours) and the reverse
     (what gpus x days trains), at the MFU and tokens/s measured in this run when there are some."""
-    from model import peak_flops
+    from model import PEAK_FLOPS, peak_flops
     measured = train_headline(results.get("train"))
     from_shape = config["params"] == 0  # the model above: exact parameter count, attention FLOPs included
-    n_params = count_params(config["n_layer"], config["n_embd"], config["vocab_size"], config["bias"]) \
-        if from_shape else config["params"]
+    n_params, flops_per_token = params_and_flops_per_token(config)
     n_tokens = config["tokens"] or CHINCHILLA_TOKENS_PER_PARAM * n_params
-    shape = (config["n_layer"], config["n_embd"], config["block_size"]) if from_shape else (0, 0, 0)
     mfu, mfu_source = pick(config["mfu"], "--mfu", measured and measured.get("mfu"), "measured", ASSUMED_MFU, "assumed")
     peak, peak_source = pick(config["gpu_peak_flops"], "--gpu_peak_flops", peak_flops(device), "this GPU",
-                             ASSUMED_PEAK_FLOPS, "H100 SXM")
-    flops = training_flops(n_params, n_tokens, *shape)
+                             PEAK_FLOPS["H100"], "H100 SXM")
+    flops = flops_per_token * n_tokens
     seconds = training_seconds(flops, config["gpus"], peak, mfu)
     budget = budget_flops(config["gpus"], config["days"], peak, mfu)
     optimal_params, optimal_tokens = chinchilla_optimal(budget)
@@ -287,7 +279,9 @@ class LoaderBatches:
 
 def train_step(model, optimizer, scaler, next_batch, accumulation_steps, autocast, grad_clip, cudagraphs):
     """One optimizer step as train.py takes it: gradient accumulation with the next micro-batch fetched while the
-    GPU works on this one, clipping, AdamW. Returns the step's loss as a device tensor (no sync)."""
+    GPU works on this one, then train.optimizer_step (clipping, AdamW). Returns the step's loss as a device tensor
+    (no sync)."""
+    from train import optimizer_step
     x, y = next_batch()
     step_loss = torch.zeros((), device=x.device)
     for micro_step in range(accumulation_steps):
@@ -300,12 +294,7 @@ def train_step(model, optimizer, scaler, next_batch, accumulation_steps, autocas
         if micro_step < accumulation_steps - 1:
             x, y = next_batch()
         scaler.scale(loss).backward()
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer_step(model, optimizer, scaler, grad_clip)
     return step_loss
 
 

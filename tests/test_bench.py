@@ -27,22 +27,21 @@ def run_bench(*flags):
 # -----------------------------------------------------------------------------
 # sizing arithmetic
 
-def test_count_params_matches_the_model_and_nanogpt():
-    for n_layer, n_embd, vocab_size, bias in ((2, 32, 97, True), (3, 48, 200, False), (1, 64, 64, True)):
-        config = GPTConfig(n_layer=n_layer, n_head=2, n_embd=n_embd, vocab_size=vocab_size, block_size=16, bias=bias)
-        model = GPT(config)
-        assert bench.count_params(n_layer, n_embd, vocab_size, bias) == model.num_params()
+def test_sizing_counts_the_model_itself():
+    """Sizing builds the GPT of the shape asked for on the meta device and asks it, so its counts are the model's."""
+    flags = dict(bench.DEFAULTS, params=0, n_layer=2, n_head=2, n_embd=32, vocab_size=97, block_size=64)
+    params, flops_per_token = bench.params_and_flops_per_token(flags)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=97, block_size=64, bias=flags["bias"]))
+    assert (params, flops_per_token) == (model.num_params(), model.flops_per_token(64))
+    assert flops_per_token == 6 * params + 12 * 2 * 32 * 64  # PaLM's count: 6 N plus the attention products
     # nanoGPT prints "number of parameters: 123.69M" for GPT-2 124M with biases and the vocabulary padded to 50304:
     # 12 * (12 * 768^2 + 2 * 768 + 11 * 768) + 2 * 768 + 50304 * 768
-    assert bench.count_params(12, 768, 50304, bias=True) == 123_689_472
-    assert bench.count_params(12, 768, 50257, bias=False) == 12 * (12 * 768**2 + 2 * 768) + 768 + 50304 * 768
+    gpt2 = dict(bench.DEFAULTS, params=0, n_layer=12, n_head=12, n_embd=768, vocab_size=50304, bias=True)
+    assert bench.params_and_flops_per_token(gpt2)[0] == 123_689_472
+    assert bench.params_and_flops_per_token(dict(gpt2, params=124e6)) == (124e6, 6 * 124e6)  # no shape: 6 N
 
 
-def test_training_flops_and_time():
-    assert bench.training_flops(124e6, 1e9) == 6 * 124e6 * 1e9
-    assert bench.training_flops(1000, 50, n_layer=2, n_embd=8, seq_len=16) == (6 * 1000 + 12 * 2 * 8 * 16) * 50
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=97, block_size=64))
-    assert bench.training_flops(model.num_params(), 1, 2, 32, 64) == model.flops_per_token(64)
+def test_training_time_and_budget():
     # one hour of 8 GPUs at 989 TFLOP/s and 40% MFU
     flops = 8 * 989e12 * 0.4 * 3600
     assert bench.training_seconds(flops, 8, 989e12, 0.4) == pytest.approx(3600)
