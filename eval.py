@@ -122,11 +122,11 @@ REFERENCES = {
     "owt_gpt2_finetuned_val_loss": dict(task="loss", metric="loss", value=2.85,
                                         model="GPT-2 124M fine-tuned on OpenWebText",
                                         source="nanoGPT README, baselines (~2.85)", data="openwebtext"),
-    "shakespeare_char_val_loss": dict(task="loss", metric="loss", value=1.4697,
-                                      model="nanoGPT train_shakespeare_char (10.7M)",
-                                      source="nanoGPT README, quick start (best val loss; random-window estimate like "
-                                             "train.py's)",
-                                      data="shakespeare_char"),
+    "tinyshakespeare_char_val_loss": dict(task="loss", metric="loss", value=1.4697,
+                                          model="nanoGPT train_shakespeare_char (10.7M)",
+                                          source="nanoGPT README, quick start (best val loss; random-window estimate "
+                                                 "like train.py's)",
+                                          data="tinyshakespeare_char"),
 }
 
 
@@ -546,13 +546,13 @@ def read_metrics(path):
 
 
 def data_kind(data_dir, tokenizer_spec):
-    """'openwebtext', 'shakespeare_char' or None: which published loss baselines can apply."""
+    """'openwebtext', 'tinyshakespeare_char' or None: which published loss baselines can apply."""
     name = os.path.basename(os.path.normpath(data_dir or "")).lower()
     tokenizer_name = (tokenizer_spec or {}).get("name")
     if tokenizer_name == "gpt2" and ("openwebtext" in name or name in ("owt", "openwebtext")):
         return "openwebtext"
     if tokenizer_name == "char" and "tinyshakespeare" in name:  # nanoGPT's corpus, not prepare.py's 38 plays
-        return "shakespeare_char"
+        return "tinyshakespeare_char"
     return None
 
 

@@ -362,7 +362,7 @@ def test_reference_lines_only_where_they_apply():
     gpt2, char = {"name": "gpt2"}, {"name": "char", "chars": "ab"}
     assert ev.data_kind("data/openwebtext", gpt2) == "openwebtext"
     assert ev.data_kind("data/openwebtext/", char) is None
-    assert ev.data_kind("data/tinyshakespeare_char", char) == "shakespeare_char"
+    assert ev.data_kind("data/tinyshakespeare_char", char) == "tinyshakespeare_char"
     assert ev.data_kind("data/shakespeare_char", char) is None  # prepare.py's 38 plays, not tinyshakespeare
     assert ev.data_kind("data/shakespeare_gpt2", gpt2) is None
     assert set(ev.applicable_references("loss", "openwebtext")) == {"owt_gpt2_val_loss", "owt_gpt2_finetuned_val_loss"}
@@ -370,7 +370,7 @@ def test_reference_lines_only_where_they_apply():
     assert {r["value"] for r in ev.applicable_references("hellaswag").values()} >= {0.25, 0.2955, 0.3114, 0.337}
 
 
-@pytest.mark.parametrize("kind,hellaswag", [("shakespeare_char", False), ("openwebtext", True)])
+@pytest.mark.parametrize("kind,hellaswag", [("tinyshakespeare_char", False), ("openwebtext", True)])
 def test_curves_legends_fit_inside_the_figure(kind, hellaswag):
     # the longest labels: published reference lines and eval.py's marker (a legend wider than its axes used to run
     # off the left edge of loss_curves.png)

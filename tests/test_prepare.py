@@ -172,7 +172,8 @@ def test_rerun_gives_identical_bytes(tmp_path):
     assert outputs[0] == outputs[1] and len(outputs[0]) == 2
 
 
-@pytest.mark.skipif(not os.path.isfile(TINYSHAKESPEARE), reason="needs ../shared/data/tinyshakespeare")
+@pytest.mark.skipif(not os.path.isfile(TINYSHAKESPEARE),
+                    reason="optional test data not found: ../shared/data/tinyshakespeare (beside the repo)")
 def test_tinyshakespeare_char_split_is_nanogpts(tmp_path):
     meta = run_prepare(input=TINYSHAKESPEARE, tokenizer="char", out_dir=tmp_path / "out")
     # nanoGPT's data/shakespeare_char/prepare.py, verbatim in spirit

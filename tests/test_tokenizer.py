@@ -73,7 +73,8 @@ def test_gpt2_round_trip_random_text():
         assert tok.encode_array(text).tolist() == ids
 
 
-@pytest.mark.skipif(not os.path.isfile(R50K_FILE), reason="needs ../shared/data/tokenizers/r50k_base.tiktoken")
+@pytest.mark.skipif(not os.path.isfile(R50K_FILE),
+                    reason="optional test data not found: ../shared/data/tokenizers/r50k_base.tiktoken (beside the repo)")
 def test_gpt2_from_env_path_matches_packaged_files(offline, monkeypatch):
     packaged = tokenizer.gpt2_encoding()
     tokenizer.gpt2_encoding.cache_clear()
@@ -195,7 +196,8 @@ def test_unknown_tokenizer():
         load_tokenizer({"name": "bpe"})
 
 
-@pytest.mark.skipif(not os.path.isfile(TINYSHAKESPEARE), reason="needs ../shared/data/tinyshakespeare")
+@pytest.mark.skipif(not os.path.isfile(TINYSHAKESPEARE),
+                    reason="optional test data not found: ../shared/data/tinyshakespeare (beside the repo)")
 def test_round_trip_tinyshakespeare_both_tokenizers():
     text = open(TINYSHAKESPEARE, encoding="utf-8").read()
     for spec in ({"name": "gpt2"}, char_spec(text)):
