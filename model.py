@@ -11,8 +11,8 @@ output embeddings), so Hugging Face GPT-2 weights load into it and ours export b
 
 - `reference`: the definition, written out (softmax(QK^T / sqrt(d) + causal mask) V);
 - `sdpa`:      torch's fused `scaled_dot_product_attention`;
-- `triton`:    our own flash-attention kernel (flash_attention.py), and its flash-decoding kernel for the
-               one-token steps of KV-cache generation;
+- `triton`:    our own flash-attention kernel (flash_attention.py), and our flash-decoding kernel
+               (flash_decode.py) for the one-token steps of KV-cache generation;
 - `auto`:      `triton` on CUDA, `sdpa` elsewhere.
 """
 
@@ -234,7 +234,7 @@ class KVCache:
         runs our flash-decoding kernel, which stores and attends in one op; a prefill (start_pos 0) runs `attend`;
         anything else, plain math."""
         if resolve_attention(mode, q.device) == "triton" and q.size(2) == 1:
-            from flash_attention import decode_supported, flash_decode
+            from flash_decode import decode_supported, flash_decode
             if decode_supported(q, self.k):
                 position = start_pos if torch.is_tensor(start_pos) else torch.full((1,), start_pos, device=q.device)
                 # A tensor position (a Decoder's) was written before the step began, so neither it nor the cache

@@ -1,5 +1,6 @@
 """
-Tests for flash_attention.py: forward output and dQ, dK, dV against float64 math on fresh random inputs.
+Tests for flash_attention.py (forward output and dQ, dK, dV) and flash_decode.py, against float64 math on fresh
+random inputs.
 
     python -m pytest tests/test_flash_attention.py -q
 
@@ -22,6 +23,7 @@ import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import flash_attention as fa  # noqa: E402
+import flash_decode as fd  # noqa: E402
 
 # Rows and columns past T in a ragged last tile compute values that are never stored; in the interpreter numpy warns
 # when those overflow. Overflow in a stored element would show up as inf/NaN and fail the comparisons instead.
@@ -381,10 +383,10 @@ def check_decode(B, H, L, D, positions, dtype, device=DEVICE, max_len=None, conf
             qkv = qkv @ identity  # exact
         q, k, v = (x.view(B, 1, H, D).transpose(1, 2) for x in qkv.split(H * D, dim=2))
         if config is None:
-            out = fa.flash_decode(q, k, v, k_cache, v_cache, position_tensor, arrivals,
+            out = fd.flash_decode(q, k, v, k_cache, v_cache, position_tensor, arrivals,
                                   overlap_previous=overlap_previous)
         else:  # a tuning config: the kernels through the launcher
-            out = fa._decode(q, k, v, k_cache, v_cache, position_tensor, arrivals, config=config)
+            out = fd._decode(q, k, v, k_cache, v_cache, position_tensor, arrivals, config=config)
         assert not arrivals.any(), f"the kernel left its arrival counts nonzero: {arrivals.unique().tolist()}"
         # the new key and value landed in slot `position` of the buffers, and nothing else changed
         for buffer, before, new in zip(buffers, untouched, (k, v)):
@@ -400,14 +402,14 @@ def check_decode(B, H, L, D, positions, dtype, device=DEVICE, max_len=None, conf
 @pytest.mark.parametrize("L,D", [(1, 16), (64, 32), (150, 64), (256, 128)])
 def test_decode_matches_float64(L, D, dtype):
     # positions: the first slot, both sides of a split boundary, the last slot
-    split = fa._DECODE_CONFIG[0] * fa._DECODE_CONFIG[1]
+    split = fd._DECODE_CONFIG[0] * fd._DECODE_CONFIG[1]
     positions = sorted({0, min(split - 1, L - 1), min(split, L - 1), L - 1})
     check_decode(2, 3, L, D, positions, dtype)
 
 
 def test_decode_many_splits_and_splits_of_several_tiles():
     # 70 splits: the merge goes through its partial results in several chunks
-    block_n = fa._DECODE_CONFIG[0]
+    block_n = fd._DECODE_CONFIG[0]
     L = 70 * block_n
     check_decode(1, 2, L, 16, [0, block_n * 3 - 1, L // 2, L - 1], torch.float32)
     # tuning configs with several tiles per split: each program folds its tiles before the merge
@@ -421,9 +423,9 @@ def test_decode_ignores_slots_past_the_position():
     q, k, v, k_cache, v_cache = (torch.randn(1, 2, n, 32, generator=generator, device=DEVICE)
                                  for n in (1, 1, 1, 100, 100))
     position = torch.tensor([40], device=DEVICE)
-    clean = fa.flash_decode(q, k, v, k_cache, v_cache, position)
+    clean = fd.flash_decode(q, k, v, k_cache, v_cache, position)
     k_cache[:, :, 41:], v_cache[:, :, 41:] = 1e4, float("nan")
-    assert torch.equal(fa.flash_decode(q, k, v, k_cache, v_cache, position), clean)
+    assert torch.equal(fd.flash_decode(q, k, v, k_cache, v_cache, position), clean)
 
 
 def test_decode_under_torch_compile():
@@ -437,7 +439,7 @@ def test_decode_under_torch_compile():
     expected_k[:, :, 70:71], expected_v[:, :, 70:71] = k, v
     expected = decode_reference(q, expected_k, expected_v, 70).transpose(1, 2).reshape(2, 1, 32)
     torch._dynamo.reset()
-    compiled = torch.compile(lambda *a: fa.flash_decode(*a).transpose(1, 2).reshape(2, 1, 32), fullgraph=True)
+    compiled = torch.compile(lambda *a: fd.flash_decode(*a).transpose(1, 2).reshape(2, 1, 32), fullgraph=True)
     out = compiled(q, k, v, k_cache, v_cache, position)
     assert_close("compiled decode", out, expected, 1e-5, seed)
     assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
@@ -448,15 +450,15 @@ def test_decode_under_torch_compile():
 def test_decode_bad_inputs_raise():
     q = torch.randn(1, 2, 2, 32, device=DEVICE)  # two query rows: not a decoding step
     with pytest.raises(fa.FlashAttentionError, match="flash_decode"):
-        fa.flash_decode(q, q, q, q, q, torch.tensor([0], device=DEVICE))
+        fd.flash_decode(q, q, q, q, q, torch.tensor([0], device=DEVICE))
     q = torch.randn(1, 2, 1, 32, device=DEVICE)
     cache = torch.randn(1, 2, 32, 10, device=DEVICE).transpose(2, 3)  # (1, 2, 10, 32) with the head dim strided
     with pytest.raises(fa.FlashAttentionError, match="head dim must be contiguous"):
-        fa.flash_decode(q, q, q, cache, cache, torch.tensor([0], device=DEVICE))
+        fd.flash_decode(q, q, q, cache, cache, torch.tensor([0], device=DEVICE))
     cache = torch.randn(1, 2, 10, 32, device=DEVICE)
     for arrivals in (torch.zeros(2, device=DEVICE), torch.zeros(3, dtype=torch.int32, device=DEVICE)):
         with pytest.raises(fa.FlashAttentionError, match="arrivals must be int32 zeros of shape"):
-            fa.flash_decode(q, q, q, cache, cache, torch.tensor([0], device=DEVICE), arrivals)
+            fd.flash_decode(q, q, q, cache, cache, torch.tensor([0], device=DEVICE), arrivals)
 
 
 def test_decode_caches_of_different_layouts():
@@ -470,7 +472,7 @@ def test_decode_caches_of_different_layouts():
     position = 77
     expected_k, expected_v = k_cache.clone(), v_cache.clone()
     expected_k[:, :, position], expected_v[:, :, position] = k[:, :, 0], v[:, :, 0]
-    out = fa.flash_decode(q, k, v, k_cache, v_cache, torch.tensor([position], device=DEVICE))
+    out = fd.flash_decode(q, k, v, k_cache, v_cache, torch.tensor([position], device=DEVICE))
     assert_close("decode, mixed layouts", out, decode_reference(q, expected_k, expected_v, position), 1e-5, seed)
 
 

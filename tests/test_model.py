@@ -206,7 +206,7 @@ def test_decode_step_with_tensor_position_matches_full_forward(attention):
     # the CUDA-graph decoder's path: position as a tensor, attention over a prefix of the cache buffer with the
     # unfilled slots masked, writing through the prefix into the full cache. Its logits for each new token must
     # equal those of a full forward over the sequence so far, computed by a twin with the plain-math attention.
-    # attention='triton' decodes with flash_attention.flash_decode (in Triton's interpreter on the CPU).
+    # attention='triton' decodes with flash_decode.flash_decode (in Triton's interpreter on the CPU).
     device = "cuda" if attention == "triton" and torch.cuda.is_available() else "cpu"
     model = GPT(tiny_config(attention=attention)).eval()
     randomize(model)
