@@ -62,9 +62,10 @@ def _check_type(key, value, default, source):
     if expected is float and type(value) is int:
         return float(value)  # --lr=1 should mean 1.0
     if type(value) is not expected:
+        hint = "; write True or False" if expected is bool else ""
         raise ConfigError(
             f"{source}: {key} must be {expected.__name__} (default {default!r}), "
-            f"got {type(value).__name__} {value!r}"
+            f"got {type(value).__name__} {value!r}{hint}"
         )
     return value
 
@@ -90,7 +91,8 @@ def _read_config_file(path):
         )
     if not path.endswith(".py"):  # JSON, YAML, ...: run as Python they would set nothing, silently
         raise ConfigError(f"config file '{path}' is not a .py file; config files are Python assignments "
-                          f"(batch_size = 4), like config/train_shakespeare_char.py")
+                          f"(batch_size = 4), like config/train_shakespeare_char.py. To hand the file to a setting, "
+                          f"write it as a flag: --NAME={path}")
     namespace = {}
     with open(path) as f:
         code = f.read()

@@ -245,9 +245,17 @@ def clean_hellaswag_text(text):
     return text
 
 
+# Where the benchmark files come from (eval.py never downloads): the test data of the task's own authors.
+BENCHMARK_FILES = {
+    "hellaswag": "data/hellaswag_val.jsonl of github.com/rowanz/hellaswag",
+    "lambada": "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl (OpenAI's LAMBADA, "
+               "lm-evaluation-harness's lambada_openai)",
+}
+
+
 def _read_jsonl(path, what):
     if not path:
-        raise EvalError(f"{what} needs a file: pass --{what}_path=FILE.jsonl")
+        raise EvalError(f"{what} needs a file: pass --{what}_path=FILE.jsonl, e.g. {BENCHMARK_FILES[what]}")
     if not os.path.isfile(path):
         raise EvalError(f"{what} file {path} not found; pass an existing .jsonl with --{what}_path=FILE")
     rows = []

@@ -895,6 +895,7 @@ def prepare(config, argv=()):
     out_dir = config["out_dir"]
     check_out_dir(out_dir)
     created_out_dir = not os.path.isdir(out_dir)
+    replaces_earlier = os.path.isfile(os.path.join(out_dir, "meta.json"))  # check_out_dir: one prepare.py wrote
     data = open_input(config, os.path.join(out_dir, "download"))
     if config["tokenizer"] == "char":
         characters, documents = scan_characters(data, config["strict"])
@@ -927,11 +928,11 @@ def prepare(config, argv=()):
         shutil.rmtree(temp_folder, ignore_errors=True)
         if created_out_dir and not os.listdir(out_dir):
             os.rmdir(out_dir)  # a failed first run leaves nothing behind
-    report(meta, out_dir, stats, time.time() - start)
+    report(meta, out_dir, stats, time.time() - start, replaces_earlier)
     return meta
 
 
-def report(meta, out_dir, stats, seconds):
+def report(meta, out_dir, stats, seconds, replaced_earlier=False):
     tokens = sum(s["tokens"] for s in meta["splits"].values())
     for split, s in meta["splits"].items():
         print(f"{split}: {s['tokens']:,} tokens, {s['documents']:,} documents, {len(s['shards'])} shard(s)")
@@ -941,6 +942,8 @@ def report(meta, out_dir, stats, seconds):
     print(f"wrote {out_dir} ({meta['tokenizer']['name']} tokenizer, vocab_size {meta['vocab_size']:,}, "
           f"{meta['dtype']}, split by {meta['split_mode']}) in {seconds:.1f}s: {tokens / seconds:,.0f} tokens/s, "
           f"peak RSS {peak_mb:,.0f} MB main, {worker_mb:,.0f} MB largest worker")
+    if replaced_earlier:
+        print(f"note: this replaced the data an earlier prepare.py run had written to {out_dir}", file=sys.stderr)
     if stats.replaced:
         print(f"warning: replaced {stats.replaced:,} undecodable byte sequence(s) with U+FFFD (first in "
               f"{stats.first_replaced}); --strict=True refuses them instead", file=sys.stderr)

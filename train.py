@@ -485,6 +485,8 @@ def train(config, passed=None):
             if world_size > 1:
                 torch.distributed.destroy_process_group()
             return []
+        if master:
+            print(f"resuming {os.path.join(config['out_dir'], 'last.pt')} at step {step}")
         train_sampler.generator.set_state(checkpoint["data_generator"])
         if checkpoint["world_size"] == world_size:
             set_rng_state(checkpoint["rng_states"][rank], device)

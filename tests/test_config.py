@@ -48,6 +48,14 @@ def test_wrong_type_is_refused(flag):
         load_config(DEFAULTS, [flag])
 
 
+def test_errors_say_how_to_write_it(tmp_path):
+    with pytest.raises(ConfigError, match="compile must be bool .* got str 'yes'; write True or False"):
+        load_config(DEFAULTS, ["--compile=yes"])
+    (tmp_path / "book.txt").write_text("text")  # a data file passed where a setting was meant
+    with pytest.raises(ConfigError, match=f"write it as a flag: --NAME={tmp_path / 'book.txt'}"):
+        load_config(DEFAULTS, [str(tmp_path / "book.txt")])
+
+
 def test_missing_file_and_missing_value():
     with pytest.raises(ConfigError, match="not found"):
         load_config(DEFAULTS, ["config/nope.py"])

@@ -408,7 +408,8 @@ def expect_error(argv, *fragments):
 def test_bad_input_errors(tmp_path, hf_dir):
     expect_error(["--tasks=loss,squad"], "unknown task squad", "hellaswag")
     expect_error(["--tasks=hellaswag", f"--hellaswag_path={tmp_path / 'nope.jsonl'}"], "not found")
-    expect_error(["--tasks=hellaswag"], "--hellaswag_path")
+    expect_error(["--tasks=hellaswag"], "--hellaswag_path", "github.com/rowanz/hellaswag")  # and where to get it
+    expect_error(["--tasks=lambada"], "--lambada_path", "lambada_test.jsonl")
     wrong = tmp_path / "wrong.jsonl"
     wrong.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
     expect_error(["--tasks=hellaswag", f"--hellaswag_path={wrong}"], "line 1", "ctx")

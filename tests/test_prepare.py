@@ -381,13 +381,16 @@ def test_ctrl_c_prints_one_line_and_keeps_the_previous_output(tmp_path):
     assert snapshot(tmp_path / "out") == before  # no temp folder left, previous output untouched
 
 
-def test_rerun_replaces_shards_and_removes_stale_ones(tmp_path):
+def test_rerun_replaces_shards_and_removes_stale_ones(tmp_path, capsys):
     write_jsonl(tmp_path / "a.jsonl", [random_document(random.Random(i), 40) for i in range(200)])
     run_prepare(input=tmp_path / "a.jsonl", tokenizer="gpt2", out_dir=tmp_path / "out", shard_tokens=1000)
+    assert "replaced" not in capsys.readouterr().err  # a first run replaces nothing
     (tmp_path / "out" / ".prepare-tmp-999999999").mkdir()  # left by a killed run
     meta = run_prepare(input=tmp_path / "a.jsonl", tokenizer="gpt2", out_dir=tmp_path / "out")
     listed = {name for split in meta["splits"].values() for name in split["shards"]}
     assert set(os.listdir(tmp_path / "out")) == listed | {"meta.json"}
+    assert f"note: this replaced the data an earlier prepare.py run had written to {tmp_path / 'out'}" in \
+        capsys.readouterr().err
 
 
 def test_read_meta_and_open_split_errors(tmp_path):

@@ -402,6 +402,7 @@ def test_resume_needs_only_the_out_dir(char_data_dir, tmp_path):
     run_script(train_flags(char_data_dir, tmp_path / "split", *flags, "--max_iters=4"))
     result = run_script(["train.py", f"--out_dir={tmp_path / 'split'}", "--init_from=resume", "--max_iters=8"])
     assert "differ from the checkpoint's run" not in result.stdout, result.stdout
+    assert f"resuming {tmp_path / 'split' / 'last.pt'} at step 4" in result.stdout
     straight = load_checkpoint(os.path.join(tmp_path / "straight", "last.pt"))
     resumed = load_checkpoint(os.path.join(tmp_path / "split", "last.pt"))
     assert resumed["step"] == 8 and resumed["config"]["data_dir"] == str(char_data_dir)
