@@ -21,6 +21,9 @@ from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
 
 
+TEMP_SUFFIX = r"\.tmp\.(\d+)"  # what atomic_write adds to a file's name for its temp file: ".tmp." and the writer's PID
+
+
 def atomic_write(path, write):
     """Call write(binary_file) on a temp file, fsync it, then rename it to `path`: readers (and a crash or
     kill -9 at any moment) see the previous complete file or the new complete file, never half of one."""
@@ -31,7 +34,7 @@ def atomic_write(path, write):
         raise ValueError(f"{path} exists and is not a regular file; write to a file path instead")
     # a temp file per process (two processes may write one report), beside `path` so that the rename is atomic;
     # a process killed mid-write leaves its temp file behind
-    tmp_path = f"{path}.tmp.{os.getpid()}"
+    tmp_path = f"{path}.tmp.{os.getpid()}"  # as TEMP_SUFFIX says, which finds those a killed writer left
     try:
         with open(tmp_path, "wb") as f:
             write(f)

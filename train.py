@@ -369,7 +369,7 @@ def train(config, passed=None):
     """Run training as configured; returns the list of per-step losses this process logged. passed: the keys the
     command line set (configurator.load_config); a resume takes every other setting from the checkpoint's run.
     None counts every key as passed, so that `config` is taken as it is."""
-    from checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint, unwritable_folder
+    from checkpoint import TEMP_SUFFIX, CheckpointWriteError, load_checkpoint, save_checkpoint, unwritable_folder
     from configurator import format_config
     from model import mfu
     from prepare import left_by_a_killed_process, open_split, read_meta
@@ -529,7 +529,7 @@ def train(config, passed=None):
             # a temp file left by a run killed mid-write (not one a live run is writing); and with --overwrite the
             # earlier run's files, or its best.pt (which sample.py and eval.py load first), its metrics and
             # eval.py's report on it would outlive this run's
-            left_by_a_kill = left_by_a_killed_process(name, r"(?:last|best)\.pt\.tmp\.(\d+)")
+            left_by_a_kill = left_by_a_killed_process(name, r"(?:last|best)\.pt" + TEMP_SUFFIX)
             overwritten = new_run and config["overwrite"] and name in (
                 "last.pt", "best.pt", "metrics.jsonl", "report.json", "report.md", "loss_curves.png")
             if left_by_a_kill or overwritten:
