@@ -17,6 +17,7 @@ import os
 
 import torch
 
+from configurator import InputError
 from model import GPT, GPTConfig
 from tokenizer import load_tokenizer
 
@@ -31,7 +32,7 @@ def atomic_write(path, write):
     # followed to its file, anything else that is not a file is refused
     path = os.path.realpath(path)
     if os.path.exists(path) and not os.path.isfile(path):
-        raise ValueError(f"{path} exists and is not a regular file; write to a file path instead")
+        raise InputError(f"{path} exists and is not a regular file; write to a file path instead")
     # a temp file per process (two processes may write one report), beside `path` so that the rename is atomic;
     # a process killed mid-write leaves its temp file behind
     tmp_path = f"{path}.tmp.{os.getpid()}"  # as TEMP_SUFFIX says, which finds those a killed writer left
@@ -101,7 +102,7 @@ def save_checkpoint(state, path):
                                    f"{fix}") from None
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A file that is not a checkpoint we can read; the message names it."""
 
 

@@ -21,6 +21,12 @@ import os
 import sys
 
 
+class InputError(ValueError):
+    """Bad input from the user (a setting, a file, a shape), with a message that names the fix. Every module's own
+    error type derives from it (PrepareError, ModelError, FlashAttentionError, ...), so that a script can print all
+    of them as one line and let anything else, a bug, keep its traceback."""
+
+
 class ConfigError(SystemExit):
     """A one-line, user-facing config error; exits non-zero when uncaught."""
 

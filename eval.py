@@ -62,7 +62,7 @@ import torch
 from torch.nn import functional as F
 
 from checkpoint import atomic_write, unwritable_folder
-from configurator import config_from_globals
+from configurator import InputError, config_from_globals
 
 # -----------------------------------------------------------------------------
 # config defaults; config/*.py files and --key=value flags override them
@@ -130,7 +130,7 @@ REFERENCES = {
 }
 
 
-class EvalError(ValueError):
+class EvalError(InputError):
     """Bad evaluation input (a file, a field, a task); the message says what and how to fix it."""
 
 

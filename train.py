@@ -319,6 +319,8 @@ def build_model(config, meta, device, checkpoint=None):
                           dropout=config["dropout"], attention=config["attention"])
         return GPT(GPTConfig(**model_args))
     if init_from == "resume":
+        if checkpoint is None:
+            raise ValueError("build_model: init_from=resume needs the loaded checkpoint (train() loads out_dir/last.pt)")
         ours, data = checkpoint["tokenizer"], meta["tokenizer"]
         if ours != data:
             raise SystemExit(f"error: {config['out_dir']}/last.pt was trained on tokenizer {describe_spec(ours, data)} "
@@ -384,7 +386,10 @@ def train(config, passed=None):
         if not os.path.isfile(path):
             raise SystemExit(f"error: init_from=resume but {path} does not exist; train first or use init_from=scratch")
         checkpoint = load_checkpoint(path)
-        config = resume_settings(config, checkpoint["config"], passed)
+        # dropout as the model ran with it: older checkpoints of a resumed run that did not pass --dropout saved the
+        # default in their config, not the value the model had kept
+        saved = {**checkpoint.get("config", {}), "dropout": checkpoint["model_args"]["dropout"]}
+        config = resume_settings(config, saved, passed)
     device, dtype = resolve_device_and_dtype(config["device"], config["dtype"])
     rank, local_rank, world_size, device = setup_distributed(device)
     if device.startswith("cuda"):
@@ -443,7 +448,7 @@ def train(config, passed=None):
         config = {**config, **shape, "dropout": model.config.dropout}
     set_training_options(model, config, device)
     if checkpoint is not None and master:  # flags that change the recipe of the run being continued
-        changed = {key: value for key, value in checkpoint["config"].items() if key in config and config[key] != value
+        changed = {key: value for key, value in saved.items() if key in config and config[key] != value
                    and key not in NOT_RESUMED and key != "max_iters"}  # a longer run is no change of recipe
         if changed:
             print(f"warning: resuming with settings that differ from the checkpoint's run: "
@@ -469,10 +474,10 @@ def train(config, passed=None):
     step, best_val_loss = 0, float("inf")
     if checkpoint is not None:
         # the optimizer state's layout depends on whether FSDP sharded it, not on the --parallel setting alone
-        saved_fsdp = checkpoint.get("fsdp", checkpoint["config"].get("parallel") == "fsdp" and checkpoint["world_size"] > 1)
+        saved_fsdp = checkpoint.get("fsdp", saved.get("parallel") == "fsdp" and checkpoint["world_size"] > 1)
         if saved_fsdp != fsdp:
             raise SystemExit(f"error: the checkpoint was written {'with' if saved_fsdp else 'without'} FSDP sharding "
-                             f"(parallel={checkpoint['config'].get('parallel')}, {checkpoint['world_size']} processes); "
+                             f"(parallel={saved.get('parallel')}, {checkpoint['world_size']} processes); "
                              f"resume it {'with' if saved_fsdp else 'without'} --parallel=fsdp on several processes")
         load_optimizer_state(model, optimizer, checkpoint["optimizer"], fsdp)
         if checkpoint["scaler"] is not None:
@@ -668,19 +673,14 @@ def train(config, passed=None):
 
 
 def main(argv):
-    from checkpoint import CheckpointError
-    from configurator import load_config
-    from eval import EvalError
-    from model import ModelError
-    from prepare import PrepareError
-    from tokenizer import TokenizerError
+    from configurator import InputError, load_config
     passed = set()
     config = load_config(DEFAULTS, argv, passed)
     try:
         train(config, passed)
-    # Bad input says what is wrong in one line. Only our own errors: a ValueError from torch (say, a shape mismatch
-    # in a model being hacked on) is a bug, and keeps its traceback.
-    except (CheckpointError, EvalError, ModelError, PrepareError, TokenizerError, FileNotFoundError) as e:
+    # Bad input says what is wrong in one line. Only our own errors (InputError's kinds): a ValueError from torch
+    # (say, a shape mismatch in a model being hacked on) is a bug, and keeps its traceback.
+    except (InputError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     except KeyboardInterrupt:
         # checkpoints are only ever complete files, so the last one is intact whenever the interrupt came
@@ -688,8 +688,8 @@ def main(argv):
             print("\ninterrupted: continue from the last checkpoint with --init_from=resume", file=sys.stderr)
         else:
             first = min(config["eval_interval"], config["max_iters"])
-            print(f"\ninterrupted before the first checkpoint (written at step {first}): nothing to resume",
-                  file=sys.stderr)
+            when = f" (written at step {first})" if first > 0 else ""  # max_iters=0 evaluates and writes none
+            print(f"\ninterrupted before the first checkpoint{when}: nothing to resume", file=sys.stderr)
         raise SystemExit(130) from None
 
 

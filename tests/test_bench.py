@@ -38,6 +38,8 @@ def test_sizing_counts_the_model_itself():
     # 12 * (12 * 768^2 + 2 * 768 + 11 * 768) + 2 * 768 + 50304 * 768
     gpt2 = dict(bench.DEFAULTS, params=0, n_layer=12, n_head=12, n_embd=768, vocab_size=50304, bias=True)
     assert bench.params_and_flops_per_token(gpt2)[0] == 123_689_472
+    no_bias = dict(gpt2, bias=False, vocab_size=50257)  # our default: no biases, the vocabulary padded to 50304
+    assert bench.params_and_flops_per_token(no_bias)[0] == 12 * (12 * 768**2 + 2 * 768) + 768 + 50304 * 768
     assert bench.params_and_flops_per_token(dict(gpt2, params=124e6)) == (124e6, 6 * 124e6)  # no shape: 6 N
 
 

@@ -48,6 +48,14 @@ def test_wrong_type_is_refused(flag):
         load_config(DEFAULTS, [flag])
 
 
+def test_passed_collects_the_keys_that_files_and_flags_set(tmp_path):
+    config_file = tmp_path / "c.py"
+    config_file.write_text("batch_size = 4\nlearning_rate = 6e-4  # the default: set all the same\n")
+    passed = set()
+    config = load_config(DEFAULTS, [str(config_file), "--compile=False"], passed)
+    assert passed == {"batch_size", "learning_rate", "compile"} and config["batch_size"] == 4
+
+
 def test_errors_say_how_to_write_it(tmp_path):
     with pytest.raises(ConfigError, match="compile must be bool .* got str 'yes'; write True or False"):
         load_config(DEFAULTS, ["--compile=yes"])

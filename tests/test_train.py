@@ -394,6 +394,18 @@ def test_resume_checks_the_data_and_keeps_the_checkpoints_shape(char_data_dir, t
     assert checkpoint["config"]["dropout"] == checkpoint["model_args"]["dropout"] == 0.0
 
 
+def test_resume_keeps_the_dropout_an_older_checkpoint_ran_with(char_data_dir, tmp_path):
+    """Checkpoints written before resumes took their settings from the checkpoint could record the default dropout
+    in their config while the model ran with another (model_args): a resume keeps the model's."""
+    run_script(train_flags(char_data_dir, tmp_path, "--max_iters=2", "--eval_interval=2", "--dropout=0.25"))
+    old = load_checkpoint(str(tmp_path / "last.pt"))
+    old["config"]["dropout"] = 0.0  # as such a checkpoint recorded it
+    save_checkpoint(old, str(tmp_path / "last.pt"))
+    run_script(train_flags(char_data_dir, tmp_path, "--max_iters=4", "--eval_interval=2", "--init_from=resume"))
+    checkpoint = load_checkpoint(str(tmp_path / "last.pt"))
+    assert checkpoint["config"]["dropout"] == checkpoint["model_args"]["dropout"] == 0.25
+
+
 def test_resume_needs_only_the_out_dir(char_data_dir, tmp_path):
     """`--out_dir=DIR --init_from=resume` alone continues the run with its own settings (data, model, optimizer,
     schedule, device: all from the checkpoint's run), and ends where the uninterrupted run would have."""
@@ -791,6 +803,10 @@ def test_only_our_errors_become_one_line(monkeypatch, capsys):
         train.main(["--device=cpu"])
     monkeypatch.setattr(train, "train", raising(ModelError("n_embd (32) must be divisible by n_head (3)")))
     with pytest.raises(SystemExit, match="^error: n_embd"):
+        train.main(["--device=cpu"])
+    from flash_attention import FlashAttentionError  # the kernel's own refusals are bad input too
+    monkeypatch.setattr(train, "train", raising(FlashAttentionError("flash_attention: head dim 192 > 128")))
+    with pytest.raises(SystemExit, match="^error: flash_attention: head dim 192"):
         train.main(["--device=cpu"])
     monkeypatch.setattr(train, "train", raising(KeyboardInterrupt()))
     with pytest.raises(SystemExit) as stopped:
