@@ -432,7 +432,7 @@ class GPT(nn.Module):
             x = block(x, None if kv_caches is None else kv_caches[i], start_pos)
         if last_logits_only:
             if targets is not None:
-                raise ModelError("last_logits_only is for generation: it cannot be combined with targets")
+                raise ValueError("last_logits_only is for generation: it cannot be combined with targets")
             x = x[:, -1:]
         x = self.transformer.ln_f(x)
         if targets is not None and self.config.fused_loss and torch.is_grad_enabled():
@@ -493,7 +493,7 @@ class GPT(nn.Module):
             decoder = Decoder(self, B, cuda_graph=cuda_graph, compile=compile, compile_mode=compile_mode)
         if use_cache and (decoder.batch_size != B or decoder.model is not self
                           or decoder.dtype != self.transformer.wte.weight.dtype):
-            raise ModelError(f"this Decoder was made for {decoder.batch_size} rows of another model or dtype; "
+            raise ValueError(f"this Decoder was made for {decoder.batch_size} rows of another model or dtype; "
                              f"make a new one for these {B} rows")
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
         cached_len = 0
