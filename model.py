@@ -13,7 +13,7 @@ output embeddings), so Hugging Face GPT-2 weights load into it and ours export b
 - `sdpa`:      torch's fused `scaled_dot_product_attention`;
 - `triton`:    our own flash-attention kernel (flash_attention.py), and our flash-decoding kernel
                (flash_decode.py) for the one-token steps of KV-cache generation;
-- `auto`:      `triton` on CUDA, `sdpa` elsewhere.
+- `auto`:      `triton` on CUDA (`sdpa` for head dims over 128, which our kernel does not take), `sdpa` elsewhere.
 """
 
 import copy
@@ -103,6 +103,7 @@ def resolve_attention(mode, device):
 def attend(q, k, v, mode, dropout_p=0.0):
     """Causal self-attention over (B, H, T, D) tensors with the chosen implementation."""
     global _warned_triton_dropout
+    asked = mode
     mode = resolve_attention(mode, q.device)
     if mode == "triton" and dropout_p > 0:
         # our kernel has no dropout; say so once instead of silently computing something else
@@ -114,8 +115,10 @@ def attend(q, k, v, mode, dropout_p=0.0):
         if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise ModelError("attention='triton' needs a CUDA GPU; use attention='sdpa' on the CPU (the tests run "
                              "the kernel on the CPU by starting Python with TRITON_INTERPRET=1)")
-        from flash_attention import flash_attention  # imported lazily: CPU-only users never load triton
-        return flash_attention(q, k, v, causal=True)
+        from flash_attention import MAX_HEAD_DIM, flash_attention  # lazily: CPU-only users never load triton
+        if q.size(-1) <= MAX_HEAD_DIM or asked != "auto":  # asked for by name, a head dim it refuses is an error
+            return flash_attention(q, k, v, causal=True)
+        mode = "sdpa"  # 'auto' with a head dim past our kernel's: SDPA's kernels take it
     if mode == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     return reference_attention(q, k, v, causal=True, dropout_p=dropout_p)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import fresh_seed, tiny_config
 from model import (GPT, Decoder, GPTConfig, KVCache, cache_bucket, check_sampling, mfu, peak_flops,
@@ -383,6 +384,28 @@ def test_triton_attention_trains_like_sdpa():
     assert curves["triton"][-1] < curves["triton"][0] - 0.3  # it learned something
     for triton_loss, sdpa_loss in zip(curves["triton"], curves["sdpa"]):
         assert abs(triton_loss - sdpa_loss) < 1e-4
+
+
+def test_auto_attention_takes_sdpa_past_the_kernels_head_dims(monkeypatch):
+    """'auto' (our kernel, as on CUDA: forced here so that the CPU's interpreter runs it) hands head dims over 128 to
+    SDPA instead of failing; 'triton' asked for by name refuses them; up to 128, 'auto' runs our kernel."""
+    pytest.importorskip("triton")
+    import model
+    from flash_attention import FlashAttentionError
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    monkeypatch.setattr(model, "resolve_attention", lambda mode, device: "triton" if mode == "auto" else mode)
+    for head_dim in (256, 32):
+        q, k, v = (torch.randn(1, 2, 20, head_dim, device=device) for _ in range(3))
+        sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        torch.testing.assert_close(model.attend(q, k, v, "auto"), sdpa, rtol=1e-4, atol=1e-5)
+    calls = []
+    monkeypatch.setattr("flash_attention.flash_attention", lambda *args, **kwargs: calls.append(1) or sdpa)
+    model.attend(q, k, v, "auto")  # head dim 32: our kernel
+    assert calls == [1]
+    q = torch.randn(1, 2, 20, 256, device=device)
+    monkeypatch.undo()
+    with pytest.raises(FlashAttentionError, match="head dim 256"):
+        model.attend(q, q, q, "triton")
 
 
 # the gaps a mutation audit found (each test fails on a plausible bug the suite let through)
