@@ -74,6 +74,7 @@ bias = False
 attention = "auto"  # 'auto' (triton on CUDA, sdpa elsewhere), 'triton', 'sdpa', 'reference'
 fused_loss = False  # loss without the full fp32 logits (GPTConfig.fused_loss)
 fp8 = False  # the blocks' matrix products in float8 (fp8.py; GPUs with float8 tensor cores: H100, H200)
+fp8_lm_head = False  # with fused_loss: the output layer's logits and input-gradient products in float8 too
 # training step (the plain `train` mode uses the settings above as they are)
 batch_size = 16  # sequences per micro-batch
 batch_sizes = None  # micro-batches to try, e.g. --batch_sizes=8,16,32,64; the fastest is reported. None: batch_size
@@ -94,6 +95,7 @@ profile = False  # train, CUDA: after timing, profile 2 steps and print the GPU 
 fast_attention = "triton"
 fast_compile_mode = "default"
 fast_fp8 = False  # the fast variant with fp8 too (GPUs with float8 tensor cores); off: at 124M it measured 0.99x
+fast_fp8_lm_head = True  # the fast variant with fp8_lm_head (GPUs with float8 tensor cores): 1.02-1.03x at 124M
 ablate_compile_modes = "reduce-overhead"  # comma-separated; max-autotune-no-cudagraphs takes minutes to compile
 # attention micro-benchmark
 attention_shapes = None  # ((B, H, T, D), ...); None: (16,12,1024,64) and (4,16,4096,128) on CUDA, tiny on CPU
@@ -232,7 +234,8 @@ def human(x):
 def model_from_settings(settings):
     """A GPT from the model keys of `settings` (dropout off: a benchmark measures the pretraining step)."""
     from model import GPT, GPTConfig
-    keys = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "attention", "fused_loss", "fp8")
+    keys = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "attention", "fused_loss", "fp8",
+            "fp8_lm_head")
     return GPT(GPTConfig(dropout=0.0, **{k: settings[k] for k in keys}))
 
 
@@ -366,7 +369,7 @@ def measure_training(settings, device, dtype):
         "batch_size": B, "block_size": T, "gradient_accumulation_steps": accumulation,
         "tokens_per_step": tokens_per_step,
         "attention": resolve_attention(settings["attention"], device), "fused_loss": settings["fused_loss"],
-        "fp8": settings["fp8"],
+        "fp8": settings["fp8"], "fp8_lm_head": settings["fp8_lm_head"],
         "compile": compiled, "compile_mode": settings["compile_mode"] if compiled else None,
         "fused_adamw": bool(optimizer.defaults.get("fused")), "dtype": dtype, "params": model.num_params(),
         "ms_per_step": spread(step_ms), "wall_ms_per_step": wall_ms, "tokens_per_sec": tokens_per_sec,
@@ -469,16 +472,18 @@ def run_guarded(measure, *args):
 def baseline_settings(config):
     """The plain nanoGPT-equivalent: SDPA attention, torch.compile's default mode, fused AdamW, bf16 autocast,
     F.cross_entropy on full fp32 logits, no biases (vocabulary padded to 50304 by default)."""
-    return dict(config, attention="sdpa", fused_loss=False, fp8=False, compile_mode="default", fused_adamw=True,
-                bias=False)
+    return dict(config, attention="sdpa", fused_loss=False, fp8=False, fp8_lm_head=False, compile_mode="default",
+                fused_adamw=True, bias=False)
 
 
 def fast_settings(config, device, dtype):
     """Every lever on: our Triton attention, the fused loss (except in float16, where it cannot work),
-    fast_compile_mode; fp8 too with fast_fp8=True on a GPU that has float8 tensor cores."""
+    fast_compile_mode; on a GPU that has float8 tensor cores the output layer's float8 products (fast_fp8_lm_head)
+    and, with fast_fp8=True, the blocks' too."""
     from fp8 import has_float8_tensor_cores
-    return dict(config, attention=config["fast_attention"], fused_loss=dtype != "float16",
-                fp8=config["fast_fp8"] and has_float8_tensor_cores(device),
+    fused_loss, float8 = dtype != "float16", has_float8_tensor_cores(device)
+    return dict(config, attention=config["fast_attention"], fused_loss=fused_loss, fp8=config["fast_fp8"] and float8,
+                fp8_lm_head=config["fast_fp8_lm_head"] and float8 and fused_loss,
                 compile_mode=config["fast_compile_mode"], fused_adamw=True, bias=False)
 
 
@@ -510,6 +515,8 @@ def ablation_levers(config, device, dtype):
     from fp8 import has_float8_tensor_cores
     if has_float8_tensor_cores(device):
         levers.append(("fp8", {"fp8": True}))
+        if dtype != "float16":  # it works inside the fused loss: compare it with the fused_loss row
+            levers.append(("fused_loss + fp8_lm_head", {"fused_loss": True, "fp8_lm_head": True}))
     if config["compile"]:
         modes = [m for m in config["ablate_compile_modes"].split(",") if m and m != "default"]
         levers += [(f"compile_mode={m}", {"compile_mode": m}) for m in modes]
@@ -725,7 +732,7 @@ def inference_model(config, device, dtype):
         model, _, _ = load_model(config["init_from"], device, attention=config["attention"])
     else:
         torch.manual_seed(config["seed"])
-        model = model_from_settings(dict(config, fused_loss=False, fp8=False)).to(device)
+        model = model_from_settings(dict(config, fused_loss=False, fp8=False, fp8_lm_head=False)).to(device)
     # weights (and so the KV cache) in the benchmark dtype, as transformers runs them below
     return model.to(dtype=getattr(torch, dtype)).eval()
 
@@ -999,6 +1006,8 @@ def check_config(config):
     if config["fused_loss"] and config["dtype"] == "float16":
         from model import FUSED_LOSS_FLOAT16_ERROR
         raise SystemExit(f"error: {FUSED_LOSS_FLOAT16_ERROR}")
+    if config["fp8_lm_head"] and not config["fused_loss"]:
+        raise SystemExit("error: fp8_lm_head=True works inside the fused loss; add --fused_loss=True")
     if config["warmup_steps"] < 1 or config["timed_steps"] < 1:
         raise SystemExit("error: warmup_steps and timed_steps must be at least 1 (compilation happens in warm-up)")
     if config["mode"] in ("inference", "all"):

@@ -30,7 +30,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from configurator import InputError
-from fp8 import fp8_linear
+from fp8 import Float8OutputLayer, fp8_linear
 
 ATTENTION_CHOICES = ("auto", "triton", "sdpa", "reference")
 
@@ -54,6 +54,8 @@ class GPTConfig:
     fused_loss: bool = False
     # training: the blocks' Linear layers multiply in float8 (fp8.py); for Hopper GPUs (H100, H200) or newer
     fp8: bool = False
+    # training with fused_loss: the output layer's logits and input-gradient products in float8 (fp8.py)
+    fp8_lm_head: bool = False
 
     def __post_init__(self):
         if self.attention not in ATTENTION_CHOICES:
@@ -438,10 +440,13 @@ class GPT(nn.Module):
                 raise ValueError("last_logits_only is for generation: it cannot be combined with targets")
             x = x[:, -1:]
         x = self.transformer.ln_f(x)
-        if targets is not None and self.config.fused_loss and torch.is_grad_enabled():
-            # training: the loss and its gradients chunk by chunk; no full logits exist (None is returned)
+        loss_with_gradients = targets is not None and torch.is_grad_enabled()
+        if loss_with_gradients and self.config.fp8_lm_head and not self.config.fused_loss:
+            raise ModelError("fp8_lm_head=True works inside the fused loss: set fused_loss=True too")
+        if loss_with_gradients and self.config.fused_loss:
+            # the loss and its gradients chunk by chunk; no full logits exist (None is returned)
             loss = FusedLinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),
-                                                 self.config.vocab_size)
+                                                 self.config.vocab_size, self.config.fp8_lm_head)
             return None, loss
         # the padded rows of the vocabulary are never a valid answer: drop them from the logits
         logits = self.lm_head(x)[..., : self.config.vocab_size]
@@ -629,7 +634,8 @@ class GPT(nn.Module):
 # 50k-token softmax over 12k rows) underflow to 0, and the GradScaler's scale only arrives in backward.
 FUSED_LOSS_FLOAT16_ERROR = ("fused_loss=True does not work in float16 (its output-layer gradients underflow before "
                             "loss scaling); use dtype bfloat16 or float32, or fused_loss=False")
-FUSED_LOSS_CHUNK_ROWS = 4096  # rows of logits alive at once: 4096 x 50304 is 0.8 GB in fp32, a few such at once
+# rows of logits alive at once: 4096 x 50304 is 0.8 GB in fp32, a few such at once (a multiple of 16 for fp8_lm_head)
+FUSED_LOSS_CHUNK_ROWS = 4096
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
@@ -639,15 +645,20 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     are made, turned into its share of the loss *and of the gradients* (d loss / d logits = softmax - one_hot), and
     dropped at once; backward only scales the stored gradients. Same FLOPs as the plain path, a fraction of the
     memory. The matrix products use the whole padded weight (a multiple of 64 rows: fast tensor-core tiles); the
-    padding columns are masked out of the softmax instead of sliced off, which would cost a copy.
+    padding columns are masked out of the softmax instead of sliced off, which would cost a copy. With fp8=True
+    (GPTConfig.fp8_lm_head) the logits and grad_x products run in float8 (fp8.Float8OutputLayer).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, targets, vocab_size):
+    def forward(ctx, x, weight, targets, vocab_size, fp8=False):
         device_type = x.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
         if dtype == torch.float16:  # float16 training scales the loss in backward, too late for these gradients
             raise ModelError(FUSED_LOSS_FLOAT16_ERROR)
+        n_rows = x.size(0)
+        if fp8 and n_rows % 16:  # the float8 kernel's tile: pad with rows whose targets are ignored
+            x, targets = F.pad(x, (0, 0, 0, -n_rows % 16)), F.pad(targets, (0, -n_rows % 16), value=-1)
+        head8 = Float8OutputLayer(x, weight) if fp8 else None
         x_c, w_c = x.to(dtype), weight.to(dtype)
         valid = targets != -1
         count = valid.sum().clamp(min=1)
@@ -657,22 +668,23 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         for start in range(0, x.size(0), FUSED_LOSS_CHUNK_ROWS):
             rows = slice(start, start + FUSED_LOSS_CHUNK_ROWS)
-            logits = (x_c[rows] @ w_c.t()).float().masked_fill(columns >= vocab_size, float("-inf"))
+            logits = head8.logits(rows, dtype) if fp8 else x_c[rows] @ w_c.t()
+            logits = logits.float().masked_fill(columns >= vocab_size, float("-inf"))
             target, keep = targets[rows].clamp(min=0), valid[rows]
             log_z = torch.logsumexp(logits, dim=-1)
             total += ((log_z - logits.gather(1, target[:, None])[:, 0]) * keep).sum()
             probs = torch.exp(logits - log_z[:, None])  # softmax; 0 in the padding columns
-            grad_logits = torch.where(columns == target[:, None], probs - 1, probs)
-            grad_logits = (grad_logits * (keep[:, None] / count)).to(dtype)
-            grad_x[rows] = grad_logits @ w_c
+            unit_gradient = torch.where(columns == target[:, None], probs - 1, probs) * keep[:, None]  # in [-1, 1]
+            grad_logits = (unit_gradient / count).to(dtype)
+            grad_x[rows] = head8.grad_x(unit_gradient, count, dtype) if fp8 else grad_logits @ w_c
             grad_w += (grad_logits.t() @ x_c[rows]).float()
-        ctx.save_for_backward(grad_x, grad_w.to(weight.dtype))
+        ctx.save_for_backward(grad_x[:n_rows], grad_w.to(weight.dtype))
         return total / count
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_loss, grad_w * grad_loss, None, None
+        return grad_x * grad_loss, grad_w * grad_loss, None, None, None
 
 
 def hf_weights_file(path):

@@ -55,6 +55,7 @@ bias = False  # biases in Linear and LayerNorm layers; False is a little faster 
 attention = "auto"  # 'auto' (triton on CUDA, sdpa elsewhere), 'triton', 'sdpa', 'reference'
 fused_loss = False  # the loss without materializing the (tokens x vocab) fp32 logits: less memory (BENCHMARKS.md)
 fp8 = False  # the blocks' matrix products in float8 while training (fp8.py); H100/H200-class GPUs
+fp8_lm_head = False  # with fused_loss: the output layer's logits and input-gradient products in float8 too
 # distillation
 teacher = ""  # checkpoint or HF folder of a teacher with the same vocabulary; '' trains on the data alone
 distill_weight = 0.5  # loss = (1 - w) * cross-entropy + w * T^2 * KL(teacher || student)
@@ -357,13 +358,17 @@ def resume_settings(config, saved, passed):
 def set_training_options(model, config, device):
     """The options that change how a step is computed, not the weights: this run's, whatever the checkpoint had."""
     from fp8 import has_float8_tensor_cores
-    if config["fp8"] and device.startswith("cuda") and not has_float8_tensor_cores(device):
-        raise SystemExit(f"error: fp8=True needs float8 tensor cores (H100/H200, compute capability 8.9+), and "
-                         f"{torch.cuda.get_device_name(device)} has none; train with --fp8=False")
-    if config["fp8"] and model.config.n_embd % 16:
-        raise SystemExit(f"error: fp8=True needs n_embd a multiple of 16 (the float8 kernel's tile), got "
-                         f"{model.config.n_embd}; change n_embd or train with --fp8=False")
+    for key in ("fp8", "fp8_lm_head"):
+        if config[key] and device.startswith("cuda") and not has_float8_tensor_cores(device):
+            raise SystemExit(f"error: {key}=True needs float8 tensor cores (H100/H200, compute capability 8.9+), and "
+                             f"{torch.cuda.get_device_name(device)} has none; train with --{key}=False")
+        if config[key] and model.config.n_embd % 16:
+            raise SystemExit(f"error: {key}=True needs n_embd a multiple of 16 (the float8 kernel's tile), got "
+                             f"{model.config.n_embd}; change n_embd or train with --{key}=False")
+    if config["fp8_lm_head"] and not config["fused_loss"]:
+        raise SystemExit("error: fp8_lm_head=True works inside the fused loss; add --fused_loss=True")
     model.config.fused_loss = config["fused_loss"]
+    model.config.fp8_lm_head = config["fp8_lm_head"]
     model.set_fp8(config["fp8"])
 
 

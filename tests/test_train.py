@@ -278,6 +278,9 @@ def test_bad_runs_fail_with_one_line(char_data_dir, tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: attention='triton' needs a CUDA GPU")
     result = run_script(train_flags(char_data_dir, tmp_path, "--fp8=True", "--n_embd=24", "--n_head=2"), check=False)
     assert result.returncode != 0 and "fp8=True needs n_embd a multiple of 16" in result.stderr.strip().splitlines()[-1]
+    result = run_script(train_flags(char_data_dir, tmp_path, "--fp8_lm_head=True"), check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == "error: fp8_lm_head=True works inside the fused loss; add --fused_loss=True"
     result = run_script(train_flags(char_data_dir, tmp_path, "--eval_interval=0"), check=False)
     assert result.returncode != 0 and result.stderr.strip().splitlines()[-1] == "error: eval_interval must be at least 1, got 0"
     # a new run into an out_dir that holds an earlier run's checkpoint: refused, the checkpoint untouched
@@ -335,7 +338,8 @@ def test_mixed_precision_runs(char_data_dir, tmp_path, dtype):
 def test_fused_loss_and_fp8_follow_the_plain_run(char_data_dir, tmp_path):
     """The step options change how a step is computed, not what it learns: same seed, nearby losses."""
     flags = ["--max_iters=8", "--eval_interval=8", "--log_interval=1"]
-    runs = {"plain": [], "fused_loss": ["--fused_loss=True"], "fp8": ["--fp8=True"]}
+    runs = {"plain": [], "fused_loss": ["--fused_loss=True"], "fp8": ["--fp8=True"],
+            "fp8_lm_head": ["--fused_loss=True", "--fp8_lm_head=True"]}
     losses = {}
     for name, extra in runs.items():
         run_script(train_flags(char_data_dir, tmp_path / name, *flags, *extra))
@@ -343,9 +347,11 @@ def test_fused_loss_and_fp8_follow_the_plain_run(char_data_dir, tmp_path):
     assert losses["plain"].keys() == losses["fp8"].keys() and len(losses["plain"]) == 8
     for step, loss in losses["plain"].items():
         assert abs(losses["fused_loss"][step] - loss) < 1e-4  # the same math in another order
-        assert abs(losses["fp8"][step] - loss) < 0.1  # 8-bit inputs to the products: close, not equal
-    assert max(abs(losses["fp8"][step] - loss) for step, loss in losses["plain"].items()) > 1e-5  # fp8 was on
-    assert load_checkpoint(os.path.join(tmp_path / "fp8", "last.pt"))["model_args"]["fp8"] is True
+        for name in ("fp8", "fp8_lm_head"):
+            assert abs(losses[name][step] - loss) < 0.1  # 8-bit inputs to the products: close, not equal
+    for name in ("fp8", "fp8_lm_head"):
+        assert max(abs(losses[name][step] - loss) for step, loss in losses["plain"].items()) > 1e-5  # it was on
+        assert load_checkpoint(os.path.join(tmp_path / name, "last.pt"))["model_args"][name] is True
 
 
 def test_overwrite_keeps_the_earlier_run_until_the_new_one_passes_its_checks(char_data_dir, tmp_path):
