@@ -1,8 +1,9 @@
 """
 Flash attention in Triton: forward and backward, usable from autograd and torch.compile (a torch custom op).
 
-    from flash_attention import flash_attention
+    from flash_attention import flash_attention, flash_attention_qkv
     out = flash_attention(q, k, v, causal=True)        # q, k, v: (B, H, T, D); autograd and torch.compile work
+    y = flash_attention_qkv(qkv, n_head)               # a GPT's (B, T, 3C) projection -> (B, T, C), as model.py
 
     python flash_attention.py            # on a GPU: time the candidate block configs (used to pick _GPU_CONFIGS)
     python bench.py --mode=attention     # ours against torch SDPA's flash and cuDNN backends
@@ -458,12 +459,13 @@ def _forward(q, k, v, causal, softmax_scale, config=None):
     return out, lse
 
 
-def _backward(dout, q, k, v, out, lse, causal, softmax_scale, config=None):
+def _backward(dout, q, k, v, out, lse, causal, softmax_scale, config=None, grads=None):
     """Launch the delta preprocess and the backward kernel(s). Returns dq, dk, dv (B, H, T, D), each stored as
-    (B, T, H, D) whatever q's strides (see _new_output_like)."""
+    (B, T, H, D) whatever q's strides (see _new_output_like), or written into `grads`, three (B, H, T, D) views
+    with one set of strides (flash_attention_qkv's slices of one gradient)."""
     B, H, T, D = q.shape
     bwd = (config or _config(D, q.dtype, q.device))["bwd"]
-    dq, dk, dv = _new_output_like(q), _new_output_like(q), _new_output_like(q)
+    dq, dk, dv = grads if grads is not None else (_new_output_like(q), _new_output_like(q), _new_output_like(q))
     if B * H * T == 0:
         return dq, dk, dv
     delta = _new_output((B, H, T), q, torch.float32)
@@ -538,6 +540,59 @@ def _backward_rule(ctx, dout, dlse):
 flash_attention_forward.register_autograd(_backward_rule, setup_context=_setup_context)
 
 
+# The same two ops for q, k, v packed in one (B, T, 3C) tensor, a GPT's qkv projection. Given three separate views
+# of it, autograd concatenates their three gradients into the projection's, a copy per layer (1.9% of a GPT-2
+# step's GPU time on an H100); given the packed tensor whole, the backward writes that gradient in place, and the
+# step got 1.4-1.7% faster (BENCHMARKS.md, eleventh session).
+
+
+def _heads(qkv, n_head):
+    """q, k, v as (B, H, T, D) views of a contiguous (B, T, 3 * H * D) tensor."""
+    B, T, three_c = qkv.shape
+    return qkv.view(B, T, 3, n_head, three_c // (3 * n_head)).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+@torch.library.custom_op("gpt::flash_attention_qkv_forward", mutates_args=())
+def flash_attention_qkv_forward(qkv: torch.Tensor, n_head: int, causal: bool,
+                                softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _forward(*_heads(qkv, n_head), causal, softmax_scale)
+
+
+@flash_attention_qkv_forward.register_fake
+def _(qkv, n_head, causal, softmax_scale):
+    q = _heads(qkv, n_head)[0]
+    B, H, T, D = q.shape
+    return _new_output_like(q), q.new_empty((B, H, T), dtype=torch.float32)
+
+
+@torch.library.custom_op("gpt::flash_attention_qkv_backward", mutates_args=())
+def flash_attention_qkv_backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                                 n_head: int, causal: bool, softmax_scale: float) -> torch.Tensor:
+    dqkv = _new_output(qkv.shape, qkv)
+    _backward(dout, *_heads(qkv, n_head), out, lse, causal, softmax_scale, grads=_heads(dqkv, n_head))
+    return dqkv
+
+
+@flash_attention_qkv_backward.register_fake
+def _(dout, qkv, out, lse, n_head, causal, softmax_scale):
+    return qkv.new_empty(qkv.shape)
+
+
+def _setup_context_qkv(ctx, inputs, output):
+    qkv, ctx.n_head, ctx.causal, ctx.softmax_scale = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, out, lse)
+
+
+def _backward_rule_qkv(ctx, dout, dlse):
+    qkv, out, lse = ctx.saved_tensors
+    dqkv = flash_attention_qkv_backward(dout, qkv, out, lse, ctx.n_head, ctx.causal, ctx.softmax_scale)
+    return dqkv, None, None, None
+
+
+flash_attention_qkv_forward.register_autograd(_backward_rule_qkv, setup_context=_setup_context_qkv)
+
+
 class _FlashAttentionFunction(torch.autograd.Function):
     """Eager-mode twin of the custom op: the same launches with less Python in between. With empty kernels on the
     2-core dev VM, custom_op's dispatch and autograd wrapper took 173 us per forward+backward against 71 us for this
@@ -557,6 +612,25 @@ class _FlashAttentionFunction(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         dq, dk, dv = _backward(dout, q, k, v, out, lse, ctx.causal, ctx.softmax_scale)
         return dq, dk, dv, None, None
+
+
+class _FlashAttentionQKVFunction(torch.autograd.Function):
+    """Eager-mode twin of the packed custom op, as _FlashAttentionFunction is of the other."""
+
+    @staticmethod
+    def forward(ctx, qkv, n_head, causal, softmax_scale):
+        out, lse = _forward(*_heads(qkv, n_head), causal, softmax_scale)
+        ctx.save_for_backward(qkv, out, lse)
+        ctx.n_head, ctx.causal, ctx.softmax_scale = n_head, causal, softmax_scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        qkv, out, lse = ctx.saved_tensors
+        dqkv = _new_output(qkv.shape, qkv)
+        _backward(dout, *_heads(qkv, ctx.n_head), out, lse, ctx.causal, ctx.softmax_scale,
+                  grads=_heads(dqkv, ctx.n_head))
+        return dqkv, None, None, None
 
 
 def _check_inputs(q, k, v):
@@ -608,6 +682,29 @@ def flash_attention(q, k, v, causal=True, softmax_scale=None):
     else:
         out = _FlashAttentionFunction.apply(q, k, v, bool(causal), float(softmax_scale))
     return out[..., :head_dim] if padded_dim != head_dim else out
+
+
+def flash_attention_qkv(qkv, n_head, causal=True):
+    """Attention over the q, k, v packed in qkv (B, T, 3C), each (B, T, C) block split into n_head heads, as a
+    GPT's qkv projection makes them; returns (B, T, C), the heads merged back. The same as flash_attention on the
+    three views, except that the gradient of qkv comes out of the backward kernels as one tensor, instead of three
+    that autograd concatenates (a copy). Head dims that flash_attention pads go through it unpacked."""
+    B, T, three_c = qkv.shape
+    if three_c % (3 * n_head):
+        raise FlashAttentionError(f"flash_attention_qkv: the last dim ({three_c}) must be 3 x n_head ({n_head}) x "
+                                  f"the head dim")
+    C = three_c // 3
+    qkv = qkv.contiguous()  # a Linear layer's output already is: no copy
+    q, k, v = _heads(qkv, n_head)
+    _check_inputs(q, k, v)
+    head_dim = C // n_head
+    if head_dim < 16 or head_dim & (head_dim - 1):
+        return flash_attention(q, k, v, causal).transpose(1, 2).reshape(B, T, C)
+    if torch.compiler.is_compiling():
+        out, _ = flash_attention_qkv_forward(qkv, n_head, bool(causal), head_dim ** -0.5)
+    else:
+        out = _FlashAttentionQKVFunction.apply(qkv, n_head, bool(causal), head_dim ** -0.5)
+    return out.transpose(1, 2).reshape(B, T, C)  # stored (B, T, H, D): a view
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -102,28 +102,52 @@ def resolve_attention(mode, device):
     return mode
 
 
-def attend(q, k, v, mode, dropout_p=0.0):
-    """Causal self-attention over (B, H, T, D) tensors with the chosen implementation."""
+def chosen_attention(mode, device, dropout_p, head_dim):
+    """The implementation that runs for `mode`: 'triton', 'sdpa' or 'reference'."""
     global _warned_triton_dropout
-    asked = mode
-    mode = resolve_attention(mode, q.device)
-    if mode == "triton" and dropout_p > 0:
+    chosen = resolve_attention(mode, device)
+    if chosen == "triton" and dropout_p > 0:
         # our kernel has no dropout; say so once instead of silently computing something else
         if not _warned_triton_dropout:
             warnings.warn("attention='triton' has no dropout; using sdpa for attention while dropout > 0")
             _warned_triton_dropout = True
-        mode = "sdpa"
-    if mode == "triton":
-        if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        return "sdpa"
+    if chosen == "triton":
+        if torch.device(device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise ModelError("attention='triton' needs a CUDA GPU; use attention='sdpa' on the CPU (the tests run "
                              "the kernel on the CPU by starting Python with TRITON_INTERPRET=1)")
-        from flash_attention import MAX_HEAD_DIM, flash_attention  # lazily: CPU-only users never load triton
-        if q.size(-1) <= MAX_HEAD_DIM or asked != "auto":  # asked for by name, a head dim it refuses is an error
-            return flash_attention(q, k, v, causal=True)
-        mode = "sdpa"  # 'auto' with a head dim past our kernel's: SDPA's kernels take it
-    if mode == "sdpa":
+        from flash_attention import MAX_HEAD_DIM  # lazily: CPU-only users never load triton
+        if head_dim > MAX_HEAD_DIM and mode == "auto":  # asked for by name, a head dim it refuses is an error
+            return "sdpa"  # SDPA's kernels take it
+    return chosen
+
+
+def attend(q, k, v, mode, dropout_p=0.0):
+    """Causal self-attention over (B, H, T, D) tensors with the chosen implementation."""
+    chosen = chosen_attention(mode, q.device, dropout_p, q.size(-1))
+    if chosen == "triton":
+        from flash_attention import flash_attention
+        return flash_attention(q, k, v, causal=True)
+    if chosen == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     return reference_attention(q, k, v, causal=True, dropout_p=dropout_p)
+
+
+def split_heads(qkv, n_head):
+    """q, k, v as (B, n_head, T, head_dim) views of the (B, T, 3C) qkv projection."""
+    B, T, three_c = qkv.shape
+    return [t.view(B, T, n_head, three_c // 3 // n_head).transpose(1, 2) for t in qkv.split(three_c // 3, dim=2)]
+
+
+def self_attention(qkv, n_head, mode, dropout_p=0.0):
+    """attend() over the q, k, v of the (B, T, 3C) qkv projection; returns (B, T, C), the heads merged. Our kernel
+    takes qkv whole, so that its backward writes qkv's gradient in one piece instead of three pieces that autograd
+    would concatenate (flash_attention_qkv)."""
+    B, T, three_c = qkv.shape
+    if chosen_attention(mode, qkv.device, dropout_p, three_c // 3 // n_head) == "triton":
+        from flash_attention import flash_attention_qkv
+        return flash_attention_qkv(qkv, n_head, causal=True)
+    return attend(*split_heads(qkv, n_head), mode, dropout_p).transpose(1, 2).reshape(B, T, three_c // 3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,14 +191,12 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, kv_cache=None, start_pos=0):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_dim)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        qkv = self.c_attn(x)
         if kv_cache is None:
-            y = attend(q, k, v, self.attention, self.dropout if self.training else 0.0)
+            y = self_attention(qkv, self.n_head, self.attention, self.dropout if self.training else 0.0)
         else:
-            y = kv_cache.attend(q, k, v, start_pos, self.attention)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+            q, k, v = split_heads(qkv, self.n_head)
+            y = kv_cache.attend(q, k, v, start_pos, self.attention).transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 

@@ -278,6 +278,52 @@ def test_eager_path_matches_custom_op():
     assert all(torch.equal(a.grad, b.grad) for a, b in zip(inputs, twins))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("T,n_head,head_dim", [(17, 2, 32), (40, 3, 16), (9, 2, 24)])  # 24: the padded, unpacked way
+def test_packed_qkv_matches_float64(T, n_head, head_dim, dtype):
+    # flash_attention_qkv takes a GPT's (B, T, 3C) projection whole and writes its gradient in one piece
+    generator, seed = fresh_generator()
+    B, C = 2, n_head * head_dim
+    qkv = torch.randn(B, T, 3 * C, generator=generator, device=DEVICE).to(dtype).requires_grad_()
+    y = fa.flash_attention_qkv(qkv, n_head)
+    dy = torch.randn(B, T, C, generator=generator, device=DEVICE).to(dtype)
+    y.backward(dy)
+    q, k, v = (t.view(B, T, n_head, head_dim).transpose(1, 2) for t in qkv.detach().split(C, dim=2))
+    dout = dy.view(B, T, n_head, head_dim).transpose(1, 2)
+    ref_out, ref_dq, ref_dk, ref_dv = reference_attention(q, k, v, dout, True, head_dim ** -0.5)
+    merge = lambda x: x.transpose(1, 2).reshape(B, T, C)  # noqa: E731
+    assert y.shape == (B, T, C) and qkv.grad.shape == qkv.shape and qkv.grad.dtype == dtype
+    assert_close("y", y, merge(ref_out), TOLERANCE[dtype], seed)
+    assert_close("dqkv", qkv.grad, torch.cat([merge(g) for g in (ref_dq, ref_dk, ref_dv)], dim=2), TOLERANCE[dtype],
+                 seed)
+
+
+def test_packed_qkv_equals_the_three_views_bit_for_bit():
+    # the same kernels on the same data: only where the gradient is written differs
+    generator, _ = fresh_generator()
+    B, T, n_head, head_dim = 1, 37, 2, 32
+    C = n_head * head_dim
+    qkv = torch.randn(B, T, 3 * C, generator=generator, device=DEVICE).half().requires_grad_()
+    twin = qkv.detach().clone().requires_grad_()
+    dy = torch.randn(B, T, C, generator=generator, device=DEVICE).half()
+    y = fa.flash_attention_qkv(qkv, n_head)
+    y.backward(dy)
+    q, k, v = (t.view(B, T, n_head, head_dim).transpose(1, 2) for t in twin.split(C, dim=2))
+    y_views = fa.flash_attention(q, k, v).transpose(1, 2).reshape(B, T, C)
+    y_views.backward(dy)
+    assert torch.equal(y, y_views) and torch.equal(qkv.grad, twin.grad)
+    out_op, _ = torch.ops.gpt.flash_attention_qkv_forward(twin.detach(), n_head, True, head_dim ** -0.5)
+    assert torch.equal(out_op.transpose(1, 2).reshape(B, T, C), y)  # the custom op launches the same kernels
+
+
+def test_packed_qkv_opcheck():
+    qkv = torch.randn(1, 17, 3 * 64, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(torch.ops.gpt.flash_attention_qkv_forward.default, (qkv, 2, True, 0.2))
+    out, lse = torch.ops.gpt.flash_attention_qkv_forward(qkv, 2, True, 0.2)
+    args = (torch.randn_like(out), qkv.detach(), out.detach(), lse.detach(), 2, True, 0.2)
+    torch.library.opcheck(torch.ops.gpt.flash_attention_qkv_backward.default, args)
+
+
 def attention_block(x, w, n_head, causal):
     # The way model.py calls it: qkv projection, split into heads as strided views, attention, merge heads.
     B, T, C = x.shape
@@ -287,14 +333,20 @@ def attention_block(x, w, n_head, causal):
     return y.transpose(1, 2).reshape(B, T, C)
 
 
+def packed_attention_block(x, w, n_head, causal):
+    # model.py's way: the projection goes in whole
+    return fa.flash_attention_qkv(x @ w, n_head, causal=causal)
+
+
+@pytest.mark.parametrize("block", [attention_block, packed_attention_block], ids=["views", "packed"])
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_torch_compile_fullgraph(backend):
+def test_torch_compile_fullgraph(backend, block):
     # fullgraph=True fails on any graph break, so passing means torch.compile traced the custom op as one node.
     generator, seed = fresh_generator()
     x = torch.randn(2, 33, 64, generator=generator, device=DEVICE)
     w = (torch.randn(64, 192, generator=generator, device=DEVICE) * 64 ** -0.5).requires_grad_()
     torch._dynamo.reset()
-    compiled = torch.compile(attention_block, fullgraph=True, backend=backend)
+    compiled = torch.compile(block, fullgraph=True, backend=backend)
     y = compiled(x, w, 2, True)
     dy = torch.randn(y.shape, generator=generator, device=DEVICE)
     y.backward(dy)
