@@ -680,8 +680,8 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         n_rows = x.size(0)
         if fp8 and n_rows % 16:  # the float8 kernel's tile: pad with rows whose targets are ignored
             x, targets = F.pad(x, (0, 0, 0, -n_rows % 16)), F.pad(targets, (0, -n_rows % 16), value=-1)
-        head8 = Float8OutputLayer(x, weight) if fp8 else None
-        x_c, w_c = x.to(dtype), weight.to(dtype)
+        head8 = Float8OutputLayer(x, weight) if fp8 else None  # float8 copies of x and W, for two of the products
+        x_c, w_c = x.to(dtype), None if fp8 else weight.to(dtype)
         valid = targets != -1
         count = valid.sum().clamp(min=1)
         columns = torch.arange(weight.size(0), device=x.device)
