@@ -552,6 +552,13 @@ def _heads(qkv, n_head):
     return qkv.view(B, T, 3, n_head, three_c // (3 * n_head)).permute(2, 0, 3, 1, 4).unbind(0)
 
 
+def _backward_qkv(dout, qkv, out, lse, n_head, causal, softmax_scale):
+    """_backward, writing dq, dk, dv into the slices of one (B, T, 3C) gradient of qkv."""
+    dqkv = _new_output(qkv.shape, qkv)
+    _backward(dout, *_heads(qkv, n_head), out, lse, causal, softmax_scale, grads=_heads(dqkv, n_head))
+    return dqkv
+
+
 @torch.library.custom_op("gpt::flash_attention_qkv_forward", mutates_args=())
 def flash_attention_qkv_forward(qkv: torch.Tensor, n_head: int, causal: bool,
                                 softmax_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -568,9 +575,7 @@ def _(qkv, n_head, causal, softmax_scale):
 @torch.library.custom_op("gpt::flash_attention_qkv_backward", mutates_args=())
 def flash_attention_qkv_backward(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                                  n_head: int, causal: bool, softmax_scale: float) -> torch.Tensor:
-    dqkv = _new_output(qkv.shape, qkv)
-    _backward(dout, *_heads(qkv, n_head), out, lse, causal, softmax_scale, grads=_heads(dqkv, n_head))
-    return dqkv
+    return _backward_qkv(dout, qkv, out, lse, n_head, causal, softmax_scale)
 
 
 @flash_attention_qkv_backward.register_fake
@@ -627,10 +632,7 @@ class _FlashAttentionQKVFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         qkv, out, lse = ctx.saved_tensors
-        dqkv = _new_output(qkv.shape, qkv)
-        _backward(dout, *_heads(qkv, ctx.n_head), out, lse, ctx.causal, ctx.softmax_scale,
-                  grads=_heads(dqkv, ctx.n_head))
-        return dqkv, None, None, None
+        return _backward_qkv(dout, qkv, out, lse, ctx.n_head, ctx.causal, ctx.softmax_scale), None, None, None
 
 
 def _check_inputs(q, k, v):
