@@ -481,7 +481,8 @@ def fast_settings(config, device, dtype):
     fast_compile_mode; on a GPU that has float8 tensor cores the output layer's float8 products (fast_fp8_lm_head)
     and, with fast_fp8=True, the blocks' too."""
     from fp8 import has_float8_tensor_cores
-    fused_loss, float8 = dtype != "float16", has_float8_tensor_cores(device)
+    fused_loss = dtype != "float16"
+    float8 = has_float8_tensor_cores(device) and config["n_embd"] % 16 == 0  # the float8 kernel's tile
     return dict(config, attention=config["fast_attention"], fused_loss=fused_loss, fp8=config["fast_fp8"] and float8,
                 fp8_lm_head=config["fast_fp8_lm_head"] and float8 and fused_loss,
                 compile_mode=config["fast_compile_mode"], fused_adamw=True, bias=False)
@@ -513,7 +514,7 @@ def ablation_levers(config, device, dtype):
     if dtype != "float16":
         levers.append(("fused_loss", {"fused_loss": True}))
     from fp8 import has_float8_tensor_cores
-    if has_float8_tensor_cores(device):
+    if has_float8_tensor_cores(device) and config["n_embd"] % 16 == 0:  # the float8 kernel's tile
         levers.append(("fp8", {"fp8": True}))
         if dtype != "float16":  # it works inside the fused loss: compare it with the fused_loss row
             levers.append(("fused_loss + fp8_lm_head", {"fused_loss": True, "fp8_lm_head": True}))
@@ -1007,7 +1008,11 @@ def check_config(config):
         from model import FUSED_LOSS_FLOAT16_ERROR
         raise SystemExit(f"error: {FUSED_LOSS_FLOAT16_ERROR}")
     if config["fp8_lm_head"] and not config["fused_loss"]:
-        raise SystemExit("error: fp8_lm_head=True works inside the fused loss; add --fused_loss=True")
+        from model import FP8_LM_HEAD_ERROR
+        raise SystemExit(f"error: {FP8_LM_HEAD_ERROR}")
+    if (config["fp8"] or config["fp8_lm_head"]) and config["n_embd"] % 16:
+        raise SystemExit(f"error: fp8 needs n_embd a multiple of 16 (the float8 kernel's tile), got "
+                         f"{config['n_embd']}; change n_embd or turn fp8 and fp8_lm_head off")
     if config["warmup_steps"] < 1 or config["timed_steps"] < 1:
         raise SystemExit("error: warmup_steps and timed_steps must be at least 1 (compilation happens in warm-up)")
     if config["mode"] in ("inference", "all"):

@@ -661,6 +661,11 @@ def _check_inputs(q, k, v):
                                   "before importing flash_attention (or use attention='sdpa')")
 
 
+def _kernel_head_dim(head_dim):
+    """The head dim the kernels run at: tl.arange and tl.dot need a power of two, 16 or more."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
 def flash_attention(q, k, v, causal=True, softmax_scale=None):
     """softmax(scale * q @ k^T [causal mask]) @ v for q, k, v of shape (B, H, T, D); returns (B, H, T, D).
 
@@ -675,7 +680,7 @@ def flash_attention(q, k, v, causal=True, softmax_scale=None):
         softmax_scale = head_dim ** -0.5
     if not softmax_scale > 0:  # the kernels take maxima before scaling and mask with -inf: both need a positive scale
         raise FlashAttentionError(f"flash_attention: softmax_scale must be positive, got {softmax_scale}")
-    padded_dim = max(16, triton.next_power_of_2(head_dim))  # tl.arange and tl.dot need a power of two >= 16
+    padded_dim = _kernel_head_dim(head_dim)
     if padded_dim != head_dim:
         pad = (0, padded_dim - head_dim)
         q, k, v = (torch.nn.functional.pad(x, pad) for x in (q, k, v))
@@ -700,7 +705,7 @@ def flash_attention_qkv(qkv, n_head, causal=True):
     q, k, v = _heads(qkv, n_head)
     _check_inputs(q, k, v)
     head_dim = C // n_head
-    if head_dim < 16 or head_dim & (head_dim - 1):
+    if _kernel_head_dim(head_dim) != head_dim:
         return flash_attention(q, k, v, causal).transpose(1, 2).reshape(B, T, C)
     if torch.compiler.is_compiling():
         out, _ = flash_attention_qkv_forward(qkv, n_head, bool(causal), head_dim ** -0.5)

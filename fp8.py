@@ -88,15 +88,18 @@ UNIT_GRADIENT_SCALE = 2.0 ** 15
 
 
 class Float8OutputLayer:
-    """The output layer's x (N, C) and weight (V, C) rounded to e4m3 once per step, for the fused loss's chunks of
+    """The output layer's x (N, C) and weight (V, C) rounded to e4m3 once per call, for the fused loss's chunks of
     rows: logits = x W^T and grad_x = g W in float8. Its third product, grad_w = g^T x, stays in bf16: the float8
     kernel reads both operands along the summed dimension, here the rows, so it would need a transposed copy of g,
     the largest tensor of the step, and that copy cost more than the product saves (BENCHMARKS.md)."""
 
     def __init__(self, x, weight):
-        if x.size(0) % 16 or weight.size(0) % 16 or weight.size(1) % 16:
-            raise ValueError(f"the float8 output layer needs sizes that are multiples of 16, got x {tuple(x.shape)} "
-                             f"and weight {tuple(weight.shape)}")
+        if weight.size(1) % 16:
+            raise ValueError(f"fp8_lm_head needs n_embd a multiple of 16 (the float8 kernel's tile), got "
+                             f"{weight.size(1)}; change n_embd or set fp8_lm_head=False")
+        if x.size(0) % 16 or weight.size(0) % 16:  # the caller pads the rows; the vocabulary is padded to 64
+            raise ValueError(f"Float8OutputLayer: rows ({x.size(0)}) and vocabulary ({weight.size(0)}) must be "
+                             f"multiples of 16")
         self.x8, self.x_inverse_scale = to_float8(x, E4M3)
         self.w8, self.w_inverse_scale = to_float8(weight, E4M3)  # (V, C): the logits' kernel reads W along C
         self.w8_by_columns = self.w8.t().contiguous()  # (C, V), made once: grad_x's kernel reads W along V

@@ -117,8 +117,8 @@ def chosen_attention(mode, device, dropout_p, head_dim):
             raise ModelError("attention='triton' needs a CUDA GPU; use attention='sdpa' on the CPU (the tests run "
                              "the kernel on the CPU by starting Python with TRITON_INTERPRET=1)")
         from flash_attention import MAX_HEAD_DIM  # lazily: CPU-only users never load triton
-        if head_dim > MAX_HEAD_DIM and mode == "auto":  # asked for by name, a head dim it refuses is an error
-            return "sdpa"  # SDPA's kernels take it
+        if head_dim > MAX_HEAD_DIM and mode == "auto":  # SDPA's kernels take it ('triton' by name: the kernel's
+            return "sdpa"                                # one-line error for the head dim instead)
     return chosen
 
 
@@ -464,7 +464,7 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         loss_with_gradients = targets is not None and torch.is_grad_enabled()
         if loss_with_gradients and self.config.fp8_lm_head and not self.config.fused_loss:
-            raise ModelError("fp8_lm_head=True works inside the fused loss: set fused_loss=True too")
+            raise ModelError(FP8_LM_HEAD_ERROR)
         if loss_with_gradients and self.config.fused_loss:
             # the loss and its gradients chunk by chunk; no full logits exist (None is returned)
             loss = FusedLinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1),
@@ -656,6 +656,7 @@ class GPT(nn.Module):
 # 50k-token softmax over 12k rows) underflow to 0, and the GradScaler's scale only arrives in backward.
 FUSED_LOSS_FLOAT16_ERROR = ("fused_loss=True does not work in float16 (its output-layer gradients underflow before "
                             "loss scaling); use dtype bfloat16 or float32, or fused_loss=False")
+FP8_LM_HEAD_ERROR = "fp8_lm_head=True works inside the fused loss: set fused_loss=True too, or fp8_lm_head=False"
 # rows of logits alive at once: 4096 x 50304 is 0.8 GB in fp32, a few such at once (a multiple of 16 for fp8_lm_head)
 FUSED_LOSS_CHUNK_ROWS = 4096
 

@@ -53,7 +53,8 @@ n_embd = 768
 dropout = 0.0  # 0 for pretraining, try 0.1+ for fine-tuning
 bias = False  # biases in Linear and LayerNorm layers; False is a little faster and as good
 attention = "auto"  # 'auto' (triton on CUDA, sdpa elsewhere), 'triton', 'sdpa', 'reference'
-fused_loss = False  # the loss without materializing the (tokens x vocab) fp32 logits: less memory (BENCHMARKS.md)
+fused_loss = False  # the loss without materializing the (tokens x vocab) fp32 logits: less memory (BENCHMARKS.md);
+                    # with a teacher the student's logits are needed whole, so distillation does not use it
 fp8 = False  # the blocks' matrix products in float8 while training (fp8.py); H100/H200-class GPUs
 fp8_lm_head = False  # with fused_loss: the output layer's logits and input-gradient products in float8 too
 # distillation
@@ -366,7 +367,8 @@ def set_training_options(model, config, device):
             raise SystemExit(f"error: {key}=True needs n_embd a multiple of 16 (the float8 kernel's tile), got "
                              f"{model.config.n_embd}; change n_embd or train with --{key}=False")
     if config["fp8_lm_head"] and not config["fused_loss"]:
-        raise SystemExit("error: fp8_lm_head=True works inside the fused loss; add --fused_loss=True")
+        from model import FP8_LM_HEAD_ERROR
+        raise SystemExit(f"error: {FP8_LM_HEAD_ERROR}")
     model.config.fused_loss = config["fused_loss"]
     model.config.fp8_lm_head = config["fp8_lm_head"]
     model.set_fp8(config["fp8"])

@@ -19,7 +19,8 @@ n_head = 12
 n_embd = 768
 dropout = 0.0
 bias = False
-# the loss without materializing the logits: the same math, 3% faster and 10 GiB less at micro-batch 64 on an H100
+# the loss without materializing the logits: the same math; on an H100 at micro-batch 64 it was 1.03x faster and
+# held 10.8 GiB less (BENCHMARKS.md; this config's micro-batch of 12 was not measured)
 fused_loss = True
 # fp8_lm_head = True  # H100/H200: the output layer's products in float8 too, another 2-3% (BENCHMARKS.md)
 

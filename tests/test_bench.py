@@ -233,6 +233,8 @@ def test_bad_flag_fails_in_one_line():
     ("--n_embd=33", "must be divisible by n_head"),
     ("--batch_size=0", "batch_size must be positive integers"),
     ("--fused_loss=True --dtype=float16", "fused_loss=True does not work in float16"),
+    ("--fp8_lm_head=True", "fp8_lm_head=True works inside the fused loss"),
+    ("--fp8=True --n_embd=24 --n_head=2", "fp8 needs n_embd a multiple of 16"),
 ])
 def test_bad_flags_are_refused_before_any_work(flag, message):
     config = load_config(bench.DEFAULTS, [*TINY_FLAGS, "--mode=all", *flag.split()])
@@ -345,3 +347,14 @@ def test_bench_training_state_is_the_bytes_adamw_really_keeps():
     held += sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
                 if torch.is_tensor(t) and t.dim() > 0)  # exp_avg, exp_avg_sq (not the scalar step count)
     assert bench.training_state_bytes(sum(p.numel() for p in params)) == held
+
+
+def test_the_fast_variant_uses_float8_only_where_the_kernel_takes_the_width(monkeypatch):
+    monkeypatch.setattr("fp8.has_float8_tensor_cores", lambda device: True)  # as on an H100
+    config = load_config(bench.DEFAULTS, TINY_FLAGS)
+    assert bench.fast_settings(config, "cpu", "bfloat16")["fp8_lm_head"] is True
+    assert "fused_loss + fp8_lm_head" in [name for name, _ in bench.ablation_levers(config, "cpu", "bfloat16")]
+    narrow = load_config(bench.DEFAULTS, [*TINY_FLAGS, "--n_embd=24", "--n_head=2"])  # not a multiple of 16
+    assert bench.fast_settings(narrow, "cpu", "bfloat16")["fp8_lm_head"] is False
+    assert not any("fp8" in name for name, _ in bench.ablation_levers(narrow, "cpu", "bfloat16"))
+    assert bench.fast_settings(config, "cpu", "float16")["fp8_lm_head"] is False  # float16 has no fused loss

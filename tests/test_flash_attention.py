@@ -325,7 +325,7 @@ def test_packed_qkv_opcheck():
 
 
 def attention_block(x, w, n_head, causal):
-    # The way model.py calls it: qkv projection, split into heads as strided views, attention, merge heads.
+    # q, k, v as strided views of the qkv projection (model.py's KV-cache path splits them so), attention, merge.
     B, T, C = x.shape
     q, k, v = (x @ w).split(C, dim=2)
     q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))

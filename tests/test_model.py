@@ -408,6 +408,37 @@ def test_auto_attention_takes_sdpa_past_the_kernels_head_dims(monkeypatch):
         model.attend(q, q, q, "triton")
 
 
+def test_self_attention_gives_our_kernel_the_qkv_projection_whole(monkeypatch):
+    """With our kernel the model hands each layer's (B, T, 3C) projection to flash_attention_qkv, which writes its
+    gradient in one piece (the same math by another path, so only a count shows it); with dropout > 0 it says once
+    that it takes SDPA instead, and does."""
+    pytest.importorskip("triton")
+    import flash_attention
+    import model
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    monkeypatch.setattr(model, "resolve_attention", lambda mode, device: "triton" if mode == "auto" else mode)
+    shapes, packed = [], flash_attention.flash_attention_qkv
+    monkeypatch.setattr(flash_attention, "flash_attention_qkv",
+                        lambda qkv, *args, **kwargs: shapes.append(tuple(qkv.shape)) or packed(qkv, *args, **kwargs))
+    gpt = GPT(tiny_config(attention="auto")).to(device)
+    reference = GPT(tiny_config(attention="reference")).to(device)
+    reference.load_state_dict(gpt.state_dict())
+    idx = torch.randint(0, 97, (2, 16), device=device)
+    loss, reference_loss = gpt(idx, idx)[1], reference(idx, idx)[1]
+    loss.backward()
+    reference_loss.backward()
+    assert shapes == [(2, 16, 96)] * 2  # both layers, the projection whole
+    torch.testing.assert_close(loss, reference_loss, rtol=1e-5, atol=1e-6)
+    for p, q in zip(gpt.parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+    shapes.clear()
+    monkeypatch.setattr(model, "_warned_triton_dropout", False)
+    gpt.set_dropout(0.1)
+    with pytest.warns(UserWarning, match="has no dropout; using sdpa"):
+        gpt(idx, idx)
+    assert shapes == []
+
+
 # the gaps a mutation audit found (each test fails on a plausible bug the suite let through)
 
 def nucleus_reference(logits, temperature, top_k, top_p):
