@@ -117,8 +117,8 @@ def chosen_attention(mode, device, dropout_p, head_dim):
             raise ModelError("attention='triton' needs a CUDA GPU; use attention='sdpa' on the CPU (the tests run "
                              "the kernel on the CPU by starting Python with TRITON_INTERPRET=1)")
         from flash_attention import MAX_HEAD_DIM  # lazily: CPU-only users never load triton
-        if head_dim > MAX_HEAD_DIM and mode == "auto":  # SDPA's kernels take it ('triton' by name: the kernel's
-            return "sdpa"                                # one-line error for the head dim instead)
+        if head_dim > MAX_HEAD_DIM and mode == "auto":
+            return "sdpa"  # SDPA's kernels take it; 'triton' by name gets the kernel's one-line error instead
     return chosen
 
 
