@@ -108,9 +108,9 @@ class Float8OutputLayer:
         """x[rows] @ W^T."""
         return scaled_matmul(self.x8[rows], self.x_inverse_scale, self.w8.t(), self.w_inverse_scale, out_dtype)
 
-    def grad_x(self, unit_gradient, count, out_dtype):
-        """(unit_gradient / count) @ W, for a chunk's unit_gradient = (softmax - one_hot) * kept, in [-1, 1]."""
-        g8 = (unit_gradient.float() * UNIT_GRADIENT_SCALE).to(E5M2)
+    def grad_x(self, g8, count, out_dtype):
+        """(unit_gradient / count) @ W, for a chunk's unit_gradient = (softmax - one_hot) * kept, in [-1, 1], given
+        as g8 = unit_gradient * UNIT_GRADIENT_SCALE in e5m2 (made by cross_entropy_kernel.py or its twin in model.py)."""
         g_inverse_scale = (1.0 / (UNIT_GRADIENT_SCALE * count)).float()
         return scaled_matmul(g8, g_inverse_scale, self.w8_by_columns.t(), self.w_inverse_scale, out_dtype)
 

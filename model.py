@@ -30,7 +30,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from configurator import InputError
-from fp8 import Float8OutputLayer, fp8_linear
+from fp8 import E5M2, UNIT_GRADIENT_SCALE, Float8OutputLayer, fp8_linear
 
 ATTENTION_CHOICES = ("auto", "triton", "sdpa", "reference")
 
@@ -661,6 +661,25 @@ FP8_LM_HEAD_ERROR = "fp8_lm_head=True works inside the fused loss: set fused_los
 # its share into grad_w's float32 accumulator, so fewer, larger chunks are faster: on an H100, 16384 rows against 4096
 # made GPT-2 124M's fast step 1.3-2.6% faster at micro-batches 16-128 for +-1.4 GiB (BENCHMARKS.md)
 FUSED_LOSS_CHUNK_ROWS = 16384
+# on CUDA each chunk's softmax and gradients come from our Triton kernel (cross_entropy_kernel.py), one pass over the
+# logits; False: from chunk_loss_and_gradients below, which torch.compile turns into its own kernels
+FUSED_LOSS_KERNEL = True
+
+
+def chunk_loss_and_gradients(logits, targets, count, vocab_size, float8_scale):
+    """PyTorch twin of cross_entropy_kernel.cross_entropy_gradient (same arguments, same results): for a chunk of
+    logits (rows x padded vocabulary), each row's cross-entropy, (softmax - one_hot) / count in the logits' dtype,
+    and with float8_scale > 0 (softmax - one_hot) in e5m2 for the float8 output layer (else None). Columns at or
+    past vocab_size are padding (no probability, zero gradient); targets of -1 are ignored."""
+    columns = torch.arange(logits.size(1), device=logits.device)
+    full = logits.float().masked_fill(columns >= vocab_size, float("-inf"))
+    target, keep = targets.clamp(min=0), targets != -1
+    log_z = torch.logsumexp(full, dim=-1)
+    row_loss = (log_z - full.gather(1, target[:, None])[:, 0]) * keep
+    probs = torch.exp(full - log_z[:, None])  # softmax; 0 in the padding columns
+    unit_gradient = torch.where(columns == target[:, None], probs - 1, probs) * keep[:, None]  # in [-1, 1]
+    grad8 = (unit_gradient * float8_scale).to(E5M2) if float8_scale else None
+    return row_loss, (unit_gradient / count).to(logits.dtype), grad8
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
@@ -671,7 +690,9 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     dropped at once; backward only scales the stored gradients. Same FLOPs as the plain path, a fraction of the
     memory. The matrix products use the whole padded weight (a multiple of 64 rows: fast tensor-core tiles); the
     padding columns are masked out of the softmax instead of sliced off, which would cost a copy. With fp8=True
-    (GPTConfig.fp8_lm_head) the logits and grad_x products run in float8 (fp8.Float8OutputLayer).
+    (GPTConfig.fp8_lm_head) the logits and grad_x products run in float8 (fp8.Float8OutputLayer). On CUDA each
+    chunk's softmax and gradients come from one Triton kernel (cross_entropy_kernel.py), elsewhere from its twin,
+    chunk_loss_and_gradients.
     """
 
     @staticmethod
@@ -685,23 +706,21 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             x, targets = F.pad(x, (0, 0, 0, -n_rows % 16)), F.pad(targets, (0, -n_rows % 16), value=-1)
         head8 = Float8OutputLayer(x, weight) if fp8 else None  # float8 copies of x and W, for two of the products
         x_c, w_c = x.to(dtype), None if fp8 else weight.to(dtype)
-        valid = targets != -1
-        count = valid.sum().clamp(min=1)
-        columns = torch.arange(weight.size(0), device=x.device)
+        count = (targets != -1).sum().clamp(min=1)
+        if x.is_cuda and FUSED_LOSS_KERNEL:
+            from cross_entropy_kernel import cross_entropy_gradient  # lazily: CPU-only users never load triton
+        else:
+            cross_entropy_gradient = chunk_loss_and_gradients
         grad_x = torch.empty_like(x)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         for start in range(0, x.size(0), FUSED_LOSS_CHUNK_ROWS):
             rows = slice(start, start + FUSED_LOSS_CHUNK_ROWS)
             logits = head8.logits(rows, dtype) if fp8 else x_c[rows] @ w_c.t()
-            logits = logits.float().masked_fill(columns >= vocab_size, float("-inf"))
-            target, keep = targets[rows].clamp(min=0), valid[rows]
-            log_z = torch.logsumexp(logits, dim=-1)
-            total += ((log_z - logits.gather(1, target[:, None])[:, 0]) * keep).sum()
-            probs = torch.exp(logits - log_z[:, None])  # softmax; 0 in the padding columns
-            unit_gradient = torch.where(columns == target[:, None], probs - 1, probs) * keep[:, None]  # in [-1, 1]
-            grad_logits = (unit_gradient / count).to(dtype)
-            grad_x[rows] = head8.grad_x(unit_gradient, count, dtype) if fp8 else grad_logits @ w_c
+            row_loss, grad_logits, grad8 = cross_entropy_gradient(logits, targets[rows], count, vocab_size,
+                                                                   UNIT_GRADIENT_SCALE if fp8 else 0.0)
+            total += row_loss.sum()
+            grad_x[rows] = head8.grad_x(grad8, count, dtype) if fp8 else grad_logits @ w_c
             grad_w += (grad_logits.t() @ x_c[rows]).float()
         ctx.save_for_backward(grad_x[:n_rows], grad_w.to(weight.dtype))
         return total / count

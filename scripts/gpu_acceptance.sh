@@ -23,6 +23,7 @@ stage_core() {
 
     stamp "GPU tests"
     python3 -m pytest tests/test_flash_attention.py tests/test_model.py -q -x -k "gpu or cuda" 2>&1 | tail -5
+    python3 -m pytest tests/test_cross_entropy_kernel.py tests/test_fp8.py -q -x 2>&1 | tail -5
 
     stamp "prepare tinyshakespeare (char)"
     python3 prepare.py --input="$DATA/input.txt" --tokenizer=char --out_dir=data/tinyshakespeare_char 2>&1 | tail -3
