@@ -1,5 +1,7 @@
 """cross_entropy_kernel.py against float64 math and against model.py's PyTorch twin. Without a GPU the kernel runs in
 Triton's interpreter (tiny shapes); with one, the same tests run compiled, plus the fused loss end to end."""
+import os
+
 import pytest
 import torch
 
@@ -9,7 +11,9 @@ from cross_entropy_kernel import cross_entropy_gradient, launch
 from fp8 import E5M2, UNIT_GRADIENT_SCALE, has_float8_tensor_cores
 from model import FusedLinearCrossEntropy, chunk_loss_and_gradients
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# The kernel runs in the interpreter on CPU tensors, or compiled on CUDA ones: one or the other per process.
+DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+needs_gpu = pytest.mark.skipif(DEVICE != "cuda", reason="needs a CUDA GPU")
 ROWS, PADDED_VOCAB, VOCAB = 37, 336, 300  # 336: the last block of 64 columns is ragged, and so is the vocabulary's
 
 
@@ -42,10 +46,10 @@ def relative_error(actual, expected):
     return ((actual.double() - expected).norm() / expected.norm()).item()
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_float8", [False, True])
-def test_kernel_matches_float64_math(device, dtype, with_float8):
+def test_kernel_matches_float64_math(dtype, with_float8):
+    device = DEVICE
     torch.manual_seed(0)
     logits, targets, count = random_chunk(device, dtype)
     float8_scale = UNIT_GRADIENT_SCALE if with_float8 else 0.0
@@ -72,10 +76,9 @@ def test_kernel_matches_float64_math(device, dtype, with_float8):
         # 2.0), so there the values are only checked for being written; the GPU run checks them bit for bit
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_kernel_matches_the_pytorch_twin(device):
+def test_kernel_matches_the_pytorch_twin():
     torch.manual_seed(1)
-    logits, targets, count = random_chunk(device, torch.bfloat16)
+    logits, targets, count = random_chunk(DEVICE, torch.bfloat16)
     kernel = cross_entropy_gradient(logits, targets, count, VOCAB, 0.0)
     twin = chunk_loss_and_gradients(logits, targets, count, VOCAB, 0.0)
     torch.testing.assert_close(kernel[0], twin[0], rtol=1e-5, atol=1e-5)
@@ -85,7 +88,7 @@ def test_kernel_matches_the_pytorch_twin(device):
 
 def test_the_op_passes_opcheck_and_compiles_without_graph_breaks():
     torch.manual_seed(2)
-    logits, targets, count = random_chunk("cpu", torch.bfloat16)
+    logits, targets, count = random_chunk(DEVICE, torch.bfloat16)
     torch.library.opcheck(cross_entropy_gradient, (logits, targets, count, VOCAB, UNIT_GRADIENT_SCALE))
     eager = cross_entropy_gradient(logits, targets, count, VOCAB, 0.0)
     compiled = torch.compile(lambda *a: cross_entropy_gradient(*a, VOCAB, 0.0), fullgraph=True, backend="aot_eager")
@@ -94,14 +97,14 @@ def test_the_op_passes_opcheck_and_compiles_without_graph_breaks():
 
 
 def test_the_kernel_refuses_logits_it_cannot_read():
-    logits, targets, count = random_chunk("cpu", torch.float32)
+    logits, targets, count = random_chunk(DEVICE, torch.float32)
     with pytest.raises(ValueError, match="vocab_size in"):
         cross_entropy_gradient(logits, targets, count, PADDED_VOCAB + 1, 0.0)
     with pytest.raises(ValueError, match="contiguous rows"):
         cross_entropy_gradient(logits.t().contiguous().t(), targets, count, VOCAB, 0.0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_gpu
 @pytest.mark.parametrize("fp8", [False, True])
 def test_the_fused_loss_is_the_same_with_and_without_the_kernel(monkeypatch, fp8):
     if fp8 and not has_float8_tensor_cores("cuda"):
