@@ -657,28 +657,29 @@ class GPT(nn.Module):
 FUSED_LOSS_FLOAT16_ERROR = ("fused_loss=True does not work in float16 (its output-layer gradients underflow before "
                             "loss scaling); use dtype bfloat16 or float32, or fused_loss=False")
 FP8_LM_HEAD_ERROR = "fp8_lm_head=True works inside the fused loss: set fused_loss=True too, or fp8_lm_head=False"
-# rows of logits alive at once (a multiple of 16 for fp8_lm_head): 16384 x 50304 is 1.6 GB in bf16. Each chunk adds
-# its share into grad_w's float32 accumulator, so fewer, larger chunks are faster: on an H100, 16384 rows against 4096
-# made GPT-2 124M's fast step 1.3-2.6% faster at micro-batches 16-128 for +-1.4 GiB (BENCHMARKS.md)
+# rows of logits alive at once (a multiple of 16 for fp8_lm_head): 16384 x 50304 logits and their gradients are about
+# 4 GB in bf16 (more in fp32, and more on the CPU's path). Each chunk adds its share into grad_w's float32
+# accumulator, so fewer, larger chunks are faster: on an H100, 16384 rows against 4096 made GPT-2 124M's fast step
+# 1.3-2.6% faster at micro-batches 16-128, peak memory within +1.4 GiB (BENCHMARKS.md)
 FUSED_LOSS_CHUNK_ROWS = 16384
-# on CUDA each chunk's softmax and gradients come from our Triton kernel (cross_entropy_kernel.py), one pass over the
-# logits; False: from chunk_loss_and_gradients below, which torch.compile turns into its own kernels
+# on CUDA each chunk's softmax and gradients come from our Triton kernel (cross_entropy_kernel.py), one kernel that
+# reads the logits twice; False: from chunk_loss_and_gradients below, which torch.compile turns into its own kernels
 FUSED_LOSS_KERNEL = True
 
 
 def chunk_loss_and_gradients(logits, targets, count, vocab_size, float8_scale):
-    """PyTorch twin of cross_entropy_kernel.cross_entropy_gradient (same arguments, same results): for a chunk of
-    logits (rows x padded vocabulary), each row's cross-entropy, (softmax - one_hot) / count in the logits' dtype,
-    and with float8_scale > 0 (softmax - one_hot) in e5m2 for the float8 output layer (else None). Columns at or
-    past vocab_size are padding (no probability, zero gradient); targets of -1 are ignored."""
+    """PyTorch twin of cross_entropy_kernel.cross_entropy_loss_and_gradients (same arguments, same math): for a chunk
+    of logits (rows x padded vocabulary), each row's cross-entropy, (softmax - one_hot) / count in the logits' dtype,
+    and with float8_scale > 0 (softmax - one_hot) * float8_scale in e5m2 for the float8 output layer (else None).
+    Columns at or past vocab_size are padding (no probability, zero gradient); targets of -1 are ignored."""
     columns = torch.arange(logits.size(1), device=logits.device)
-    full = logits.float().masked_fill(columns >= vocab_size, float("-inf"))
+    masked_logits = logits.float().masked_fill(columns >= vocab_size, float("-inf"))
     target, keep = targets.clamp(min=0), targets != -1
-    log_z = torch.logsumexp(full, dim=-1)
-    row_loss = (log_z - full.gather(1, target[:, None])[:, 0]) * keep
-    probs = torch.exp(full - log_z[:, None])  # softmax; 0 in the padding columns
+    log_z = torch.logsumexp(masked_logits, dim=-1)
+    row_loss = (log_z - masked_logits.gather(1, target[:, None])[:, 0]) * keep
+    probs = torch.exp(masked_logits - log_z[:, None])  # softmax; 0 in the padding columns
     unit_gradient = torch.where(columns == target[:, None], probs - 1, probs) * keep[:, None]  # in [-1, 1]
-    grad8 = (unit_gradient * float8_scale).to(E5M2) if float8_scale else None
+    grad8 = (unit_gradient * float8_scale).to(E5M2) if float8_scale > 0 else None
     return row_loss, (unit_gradient / count).to(logits.dtype), grad8
 
 
@@ -707,18 +708,18 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         head8 = Float8OutputLayer(x, weight) if fp8 else None  # float8 copies of x and W, for two of the products
         x_c, w_c = x.to(dtype), None if fp8 else weight.to(dtype)
         count = (targets != -1).sum().clamp(min=1)
-        if x.is_cuda and FUSED_LOSS_KERNEL:
-            from cross_entropy_kernel import cross_entropy_gradient  # lazily: CPU-only users never load triton
+        if x.is_cuda and FUSED_LOSS_KERNEL:  # lazily: CPU-only users never load triton
+            from cross_entropy_kernel import cross_entropy_loss_and_gradients as loss_and_gradients
         else:
-            cross_entropy_gradient = chunk_loss_and_gradients
+            loss_and_gradients = chunk_loss_and_gradients
         grad_x = torch.empty_like(x)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         for start in range(0, x.size(0), FUSED_LOSS_CHUNK_ROWS):
             rows = slice(start, start + FUSED_LOSS_CHUNK_ROWS)
             logits = head8.logits(rows, dtype) if fp8 else x_c[rows] @ w_c.t()
-            row_loss, grad_logits, grad8 = cross_entropy_gradient(logits, targets[rows], count, vocab_size,
-                                                                   UNIT_GRADIENT_SCALE if fp8 else 0.0)
+            row_loss, grad_logits, grad8 = loss_and_gradients(logits, targets[rows], count, vocab_size,
+                                                               UNIT_GRADIENT_SCALE if fp8 else 0.0)
             total += row_loss.sum()
             grad_x[rows] = head8.grad_x(grad8, count, dtype) if fp8 else grad_logits @ w_c
             grad_w += (grad_logits.t() @ x_c[rows]).float()
