@@ -110,8 +110,8 @@ class Float8OutputLayer:
         return scaled_matmul(self.x8[rows], self.x_inverse_scale, self.w8.t(), self.w_inverse_scale, out_dtype)
 
     def grad_x(self, g8, count, out_dtype):
-        """(unit_gradient / count) @ W, for a chunk's unit_gradient = (softmax - one_hot) * kept, in [-1, 1], given
-        as g8 = unit_gradient * UNIT_GRADIENT_SCALE in e5m2 (cross_entropy_kernel.py or its twin in model.py makes it)."""
+        """(unit_gradient / count) @ W, for a chunk's unit_gradient = (softmax - one_hot) * kept, in [-1, 1], given as
+        g8 = unit_gradient * UNIT_GRADIENT_SCALE in e5m2 (made by cross_entropy_kernel.py or model.py's twin)."""
         g_inverse_scale = (1.0 / (UNIT_GRADIENT_SCALE * count)).float()
         return scaled_matmul(g8, g_inverse_scale, self.w8_by_columns.t(), self.w_inverse_scale, out_dtype)
 
