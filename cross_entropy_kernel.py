@@ -1,14 +1,13 @@
 """
-The fused loss's softmax and gradient in one Triton kernel (model.py's FusedLinearCrossEntropy uses it on CUDA).
+The fused loss's softmax and gradients in one Triton kernel (model.py's FusedLinearCrossEntropy uses it on CUDA).
 
     from cross_entropy_kernel import cross_entropy_loss_and_gradients
     row_loss, grad, grad8 = cross_entropy_loss_and_gradients(logits, targets, count, vocab_size, float8_scale)
 
 For one chunk of rows of logits (rows x padded vocabulary, bf16 or fp32) and their targets (token ids below
-vocab_size, or -1 = ignored) it
-returns each row's cross-entropy, and the loss's gradient with respect to the logits, (softmax - one_hot) / count,
-in the logits' dtype; with float8_scale > 0 also (softmax - one_hot) * float8_scale in float8 e5m2, for the float8
-output layer (fp8.py). Columns at or past vocab_size are padding: they take no part in the softmax and get a zero
+vocab_size, or -1 = ignored) it returns each row's cross-entropy, and the loss's gradient with respect to the
+logits, (softmax - one_hot) / count, in the logits' dtype; with float8_scale > 0 also (softmax - one_hot) *
+float8_scale in float8 e5m2, for the float8 output layer (fp8.py). Columns at or past vocab_size are padding: they take no part in the softmax and get a zero
 gradient. count is a one-element tensor (the number of kept targets in the whole batch), read on the GPU: no sync.
 
 Why a kernel: these logits are the largest tensor of a GPT-2 step (16384 x 50304 per chunk), and this work is pure
