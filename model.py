@@ -144,10 +144,11 @@ def self_attention(qkv, n_head, mode, dropout_p=0.0):
     takes qkv whole, so that its backward writes qkv's gradient in one piece instead of three pieces that autograd
     would concatenate (flash_attention_qkv)."""
     B, T, three_c = qkv.shape
-    if chosen_attention(mode, qkv.device, dropout_p, three_c // 3 // n_head) == "triton":
+    chosen = chosen_attention(mode, qkv.device, dropout_p, three_c // 3 // n_head)
+    if chosen == "triton":
         from flash_attention import flash_attention_qkv
         return flash_attention_qkv(qkv, n_head, causal=True)
-    return attend(*split_heads(qkv, n_head), mode, dropout_p).transpose(1, 2).reshape(B, T, three_c // 3)
+    return attend(*split_heads(qkv, n_head), chosen, dropout_p).transpose(1, 2).reshape(B, T, three_c // 3)
 
 
 # ----------------------------------------------------------------------------------------------
