@@ -75,6 +75,7 @@ attention = "auto"  # 'auto' (triton on CUDA, sdpa elsewhere), 'triton', 'sdpa',
 fused_loss = False  # loss without the full fp32 logits (GPTConfig.fused_loss)
 fp8 = False  # the blocks' matrix products in float8 (fp8.py; GPUs with float8 tensor cores: H100, H200)
 fp8_lm_head = False  # with fused_loss: the output layer's logits and input-gradient products in float8 too
+bf16_residual = False  # dtype bfloat16: the residual stream in bf16, not fp32 (GPTConfig.bf16_residual)
 # training step (the plain `train` mode uses the settings above as they are)
 batch_size = 16  # sequences per micro-batch
 batch_sizes = None  # micro-batches to try, e.g. --batch_sizes=8,16,32,64; the fastest is reported. None: batch_size
@@ -96,6 +97,7 @@ fast_attention = "triton"
 fast_compile_mode = "default"
 fast_fp8 = False  # the fast variant with fp8 too (GPUs with float8 tensor cores); off: at 124M it measured 0.99x
 fast_fp8_lm_head = True  # the fast variant with fp8_lm_head (GPUs with float8 tensor cores): 1.02-1.03x at 124M
+fast_bf16_residual = True  # the fast variant with bf16_residual (dtype bfloat16): 1.06-1.07x at 124M
 ablate_compile_modes = "reduce-overhead"  # comma-separated; max-autotune-no-cudagraphs takes minutes to compile
 # attention micro-benchmark
 attention_shapes = None  # ((B, H, T, D), ...); None: (16,12,1024,64) and (4,16,4096,128) on CUDA, tiny on CPU
@@ -235,7 +237,7 @@ def model_from_settings(settings):
     """A GPT from the model keys of `settings` (dropout off: a benchmark measures the pretraining step)."""
     from model import GPT, GPTConfig
     keys = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "attention", "fused_loss", "fp8",
-            "fp8_lm_head")
+            "fp8_lm_head", "bf16_residual")
     return GPT(GPTConfig(dropout=0.0, **{k: settings[k] for k in keys}))
 
 
@@ -369,7 +371,7 @@ def measure_training(settings, device, dtype):
         "batch_size": B, "block_size": T, "gradient_accumulation_steps": accumulation,
         "tokens_per_step": tokens_per_step,
         "attention": resolve_attention(settings["attention"], device), "fused_loss": settings["fused_loss"],
-        "fp8": settings["fp8"], "fp8_lm_head": settings["fp8_lm_head"],
+        "fp8": settings["fp8"], "fp8_lm_head": settings["fp8_lm_head"], "bf16_residual": settings["bf16_residual"],
         "compile": compiled, "compile_mode": settings["compile_mode"] if compiled else None,
         "fused_adamw": bool(optimizer.defaults.get("fused")), "dtype": dtype, "params": model.num_params(),
         "ms_per_step": spread(step_ms), "wall_ms_per_step": wall_ms, "tokens_per_sec": tokens_per_sec,
@@ -472,19 +474,20 @@ def run_guarded(measure, *args):
 def baseline_settings(config):
     """The plain nanoGPT-equivalent: SDPA attention, torch.compile's default mode, fused AdamW, bf16 autocast,
     F.cross_entropy on full fp32 logits, no biases (vocabulary padded to 50304 by default)."""
-    return dict(config, attention="sdpa", fused_loss=False, fp8=False, fp8_lm_head=False, compile_mode="default",
-                fused_adamw=True, bias=False)
+    return dict(config, attention="sdpa", fused_loss=False, fp8=False, fp8_lm_head=False, bf16_residual=False,
+                compile_mode="default", fused_adamw=True, bias=False)
 
 
 def fast_settings(config, device, dtype):
     """Every lever on: our Triton attention, the fused loss (except in float16, where it cannot work),
-    fast_compile_mode; on a GPU that has float8 tensor cores the output layer's float8 products (fast_fp8_lm_head)
-    and, with fast_fp8=True, the blocks' too."""
+    in bfloat16 the residual stream in bf16 (fast_bf16_residual), fast_compile_mode; on a GPU that has float8
+    tensor cores the output layer's float8 products (fast_fp8_lm_head) and, with fast_fp8=True, the blocks' too."""
     from fp8 import has_float8_tensor_cores
     fused_loss = dtype != "float16"
     float8 = has_float8_tensor_cores(device) and config["n_embd"] % 16 == 0  # the float8 kernel's tile
     return dict(config, attention=config["fast_attention"], fused_loss=fused_loss, fp8=config["fast_fp8"] and float8,
                 fp8_lm_head=config["fast_fp8_lm_head"] and float8 and fused_loss,
+                bf16_residual=config["fast_bf16_residual"] and dtype == "bfloat16",
                 compile_mode=config["fast_compile_mode"], fused_adamw=True, bias=False)
 
 
@@ -513,6 +516,8 @@ def ablation_levers(config, device, dtype):
         levers.append((f"attention={config['fast_attention']}", {"attention": config["fast_attention"]}))
     if dtype != "float16":
         levers.append(("fused_loss", {"fused_loss": True}))
+    if dtype == "bfloat16":
+        levers.append(("bf16_residual", {"bf16_residual": True}))
     from fp8 import has_float8_tensor_cores
     if has_float8_tensor_cores(device) and config["n_embd"] % 16 == 0:  # the float8 kernel's tile
         levers.append(("fp8", {"fp8": True}))
@@ -1119,6 +1124,9 @@ def main(config):
     from train import resolve_device_and_dtype
     check_config(config)
     device, dtype = resolve_device_and_dtype(config["device"], config["dtype"])
+    if config["bf16_residual"] and dtype != "bfloat16":
+        from model import BF16_RESIDUAL_ERROR
+        raise SystemExit(f"error: {BF16_RESIDUAL_ERROR} (this run's dtype is {dtype})")
     interpret_triton_on_cpu(device)
     if is_cuda(device) and torch.device(device).index is not None:
         torch.cuda.set_device(device)  # 'cuda:1': CUDA events and streams below use the current device

@@ -57,6 +57,7 @@ fused_loss = False  # the loss without materializing the (tokens x vocab) fp32 l
                     # with a teacher the student's logits are needed whole, so distillation does not use it
 fp8 = False  # the blocks' matrix products in float8 while training (fp8.py); H100/H200-class GPUs
 fp8_lm_head = False  # with fused_loss: the output layer's logits and input-gradient products in float8 too
+bf16_residual = False  # dtype bfloat16: the residual stream in bf16, not fp32; faster, a little less exact (README)
 # distillation
 teacher = ""  # checkpoint or HF folder of a teacher with the same vocabulary; '' trains on the data alone
 distill_weight = 0.5  # loss = (1 - w) * cross-entropy + w * T^2 * KL(teacher || student)
@@ -371,6 +372,7 @@ def set_training_options(model, config, device):
         raise SystemExit(f"error: {FP8_LM_HEAD_ERROR}")
     model.config.fused_loss = config["fused_loss"]
     model.config.fp8_lm_head = config["fp8_lm_head"]
+    model.config.bf16_residual = config["bf16_residual"]
     model.set_fp8(config["fp8"])
 
 
@@ -427,6 +429,9 @@ def train(config, passed=None):
     if config["fused_loss"] and dtype == "float16":
         from model import FUSED_LOSS_FLOAT16_ERROR
         raise SystemExit(f"error: {FUSED_LOSS_FLOAT16_ERROR}")
+    if config["bf16_residual"] and dtype != "bfloat16":
+        from model import BF16_RESIDUAL_ERROR
+        raise SystemExit(f"error: {BF16_RESIDUAL_ERROR} (this run's dtype is {dtype})")
     tokens_per_step = config["gradient_accumulation_steps"] * config["batch_size"] * config["block_size"]
     existing = [name for name in ("last.pt", "best.pt") if os.path.isfile(os.path.join(config["out_dir"], name))]
     new_run = config["init_from"] != "resume" and not config["eval_only"]

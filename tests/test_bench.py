@@ -349,6 +349,21 @@ def test_bench_training_state_is_the_bytes_adamw_really_keeps():
     assert bench.training_state_bytes(sum(p.numel() for p in params)) == held
 
 
+def test_the_fast_variant_keeps_the_residual_stream_in_bf16_only_in_bfloat16():
+    config = load_config(bench.DEFAULTS, TINY_FLAGS)
+    assert bench.fast_settings(config, "cpu", "bfloat16")["bf16_residual"] is True
+    assert "bf16_residual" in [name for name, _ in bench.ablation_levers(config, "cpu", "bfloat16")]
+    for dtype in ("float32", "float16"):  # the flag is for bf16 autocast only (float16 was never tried)
+        assert bench.fast_settings(config, "cpu", dtype)["bf16_residual"] is False
+        assert "bf16_residual" not in [name for name, _ in bench.ablation_levers(config, "cpu", dtype)]
+    baseline = bench.baseline_settings(dict(config, bf16_residual=True))
+    assert baseline["bf16_residual"] is False  # the baseline is plain nanoGPT whatever the flags say
+    result = bench.measure_training(dict(baseline, bf16_residual=True, batch_size=2), "cpu", "bfloat16")
+    assert result["bf16_residual"] is True and math.isfinite(result["last_loss"])
+    with pytest.raises(SystemExit, match="bf16_residual=True keeps the residual stream in bfloat16"):
+        bench.main(load_config(bench.DEFAULTS, [*TINY_FLAGS, "--bf16_residual=True", "--dtype=float32"]))
+
+
 def test_the_fast_variant_uses_float8_only_where_the_kernel_takes_the_width(monkeypatch):
     monkeypatch.setattr("fp8.has_float8_tensor_cores", lambda device: True)  # as on an H100
     config = load_config(bench.DEFAULTS, TINY_FLAGS)

@@ -351,6 +351,40 @@ def test_fused_loss_matches_plain_cross_entropy(autocast, monkeypatch):
         assert loss.item() != losses[1]
 
 
+def test_bf16_residual_keeps_the_stream_in_bf16_and_follows_float64_math():
+    """Under bf16 autocast the blocks add to a bf16 stream; the loss and every gradient stay within bf16 rounding of
+    the same model in float64. Without autocast the flag changes nothing, bit for bit."""
+    seed = fresh_seed()
+    torch.manual_seed(seed)
+    plain = GPT(tiny_config(fused_loss=True))
+    lowp = GPT(tiny_config(fused_loss=True, bf16_residual=True))
+    lowp.load_state_dict(plain.state_dict())
+    exact = GPT(tiny_config()).double()
+    exact.load_state_dict(plain.state_dict())
+    idx, targets = torch.randint(0, 97, (3, 32)), torch.randint(0, 97, (3, 32))
+    _, exact_loss = exact(idx, targets)
+    exact_loss.backward()
+
+    def stream_dtypes(model):  # what each block and the final layer norm receive
+        seen = []
+        layers = [*model.transformer.h, model.transformer.ln_f]
+        hooks = [layer.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype)) for layer in layers]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(idx, targets)
+        for hook in hooks:
+            hook.remove()
+        return seen, loss
+
+    seen, loss = stream_dtypes(lowp)
+    assert seen == [torch.bfloat16] * 3, seed
+    assert stream_dtypes(plain)[0] == [torch.float32] * 3  # the flag is what changed it
+    loss.backward()
+    assert abs(loss.item() - exact_loss.item()) < 2e-2 * exact_loss.item(), seed
+    for (name, p), q in zip(exact.named_parameters(), lowp.parameters()):
+        assert (q.grad.double() - p.grad).norm() <= 3e-2 * p.grad.norm() + 1e-7, (name, seed)
+    assert torch.equal(lowp(idx, targets)[1], plain(idx, targets)[1])  # no autocast: fp32 throughout, as without it
+
+
 def test_fused_loss_refuses_float16():
     # its gradients, made in forward and divided by the token count, would underflow to 0 before loss scaling
     fused = GPT(tiny_config(fused_loss=True))

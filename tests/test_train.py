@@ -354,6 +354,24 @@ def test_fused_loss_and_fp8_follow_the_plain_run(char_data_dir, tmp_path):
         assert load_checkpoint(os.path.join(tmp_path / name, "last.pt"))["model_args"][name] is True
 
 
+def test_bf16_residual_follows_the_bf16_run_and_needs_bf16(char_data_dir, tmp_path):
+    flags = ["--max_iters=8", "--eval_interval=8", "--log_interval=1", "--dtype=bfloat16"]
+    run_script(train_flags(char_data_dir, tmp_path / "plain", *flags))
+    run_script(train_flags(char_data_dir, tmp_path / "bf16", *flags, "--bf16_residual=True"))
+    plain, lowp = logged_losses(tmp_path / "plain"), logged_losses(tmp_path / "bf16")
+    assert plain.keys() == lowp.keys() and len(plain) == 8
+    gaps = [abs(lowp[step] - loss) for step, loss in plain.items()]
+    assert 0 < max(gaps) < 0.05  # it was on, and it learns the same: bf16 sums instead of fp32 ones
+    assert load_checkpoint(os.path.join(tmp_path / "bf16", "last.pt"))["model_args"]["bf16_residual"] is True
+    result = run_script(train_flags(char_data_dir, tmp_path / "fp32", "--bf16_residual=True", "--dtype=float32"),
+                        check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == ("error: bf16_residual=True keeps the residual stream in bfloat16: "
+                                                      "use dtype bfloat16, or bf16_residual=False (this run's dtype "
+                                                      "is float32)")
+    assert not os.path.exists(tmp_path / "fp32" / "metrics.jsonl")
+
+
 def test_overwrite_keeps_the_earlier_run_until_the_new_one_passes_its_checks(char_data_dir, tmp_path):
     run_script(train_flags(char_data_dir, tmp_path, "--max_iters=2", "--eval_interval=2"))
     names = ("last.pt", "best.pt", "metrics.jsonl")
