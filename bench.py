@@ -74,7 +74,7 @@ bias = False
 attention = "auto"  # 'auto' (triton on CUDA, sdpa elsewhere), 'triton', 'sdpa', 'reference'
 fused_loss = False  # loss without the full fp32 logits (GPTConfig.fused_loss)
 fp8 = False  # the blocks' matrix products in float8 (fp8.py; GPUs with float8 tensor cores: H100, H200)
-fp8_lm_head = False  # with fused_loss: the output layer's logits and input-gradient products in float8 too
+fp8_lm_head = False  # with fused_loss: the output layer's three products (logits and both gradients) in float8
 bf16_residual = False  # dtype bfloat16: the residual stream in bf16, not fp32 (GPTConfig.bf16_residual)
 # training step (the plain `train` mode uses the settings above as they are)
 batch_size = 16  # sequences per micro-batch

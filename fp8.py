@@ -90,9 +90,12 @@ UNIT_GRADIENT_SCALE = 2.0 ** 15
 
 class Float8OutputLayer:
     """The output layer's x (N, C) and weight (V, C) rounded to e4m3 once per call, for the fused loss's chunks of
-    rows: logits = x W^T and grad_x = g W in float8. Its third product, grad_w = g^T x, stays in bf16: the float8
-    kernel reads both operands along the summed dimension, here the rows, so it would need a transposed copy of g,
-    the largest tensor of the step, and that copy cost more than the product saves (BENCHMARKS.md)."""
+    rows: logits = x W^T, grad_x = g W and grad_w = g^T x in float8, g the logits' gradient in e5m2 from the
+    softmax kernel. The float8 kernel reads both operands along the summed dimension; for grad_w that is the rows,
+    so it takes transposed copies of g and x (scaled_matmul makes them; under torch.compile, inductor's transpose
+    kernels). That pays since the softmax kernel stopped writing a bf16 copy of g for a bf16 grad_w: 2-3% of GPT-2
+    124M's step on an H100, where the eleventh session's version, with inductor writing the transposed g from inside
+    its softmax kernel, lost more than the product saved (BENCHMARKS.md)."""
 
     def __init__(self, x, weight):
         if weight.size(1) % 16:
@@ -112,8 +115,15 @@ class Float8OutputLayer:
     def grad_x(self, g8, count, out_dtype):
         """(unit_gradient / count) @ W, for a chunk's unit_gradient = (softmax - one_hot) * kept, in [-1, 1], given as
         g8 = unit_gradient * UNIT_GRADIENT_SCALE in e5m2 (made by cross_entropy_kernel.py or model.py's twin)."""
-        g_inverse_scale = (1.0 / (UNIT_GRADIENT_SCALE * count)).float()
-        return scaled_matmul(g8, g_inverse_scale, self.w8_by_columns.t(), self.w_inverse_scale, out_dtype)
+        return scaled_matmul(g8, self.g_inverse_scale(count), self.w8_by_columns.t(), self.w_inverse_scale, out_dtype)
+
+    def grad_w(self, g8, rows, count):
+        """(unit_gradient / count)^T @ x[rows] in float32 (for the caller's accumulator), g8 as in grad_x."""
+        return scaled_matmul(g8.t(), self.g_inverse_scale(count), self.x8[rows], self.x_inverse_scale, torch.float32)
+
+    @staticmethod
+    def g_inverse_scale(count):
+        return (1.0 / (UNIT_GRADIENT_SCALE * count)).float()
 
 
 def fp8_linear(x, weight, bias=None):

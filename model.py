@@ -54,7 +54,7 @@ class GPTConfig:
     fused_loss: bool = False
     # training: the blocks' Linear layers multiply in float8 (fp8.py); for Hopper GPUs (H100, H200) or newer
     fp8: bool = False
-    # training with fused_loss: the output layer's logits and input-gradient products in float8 (fp8.py)
+    # training with fused_loss: the output layer's three products in float8 (fp8.py)
     fp8_lm_head: bool = False
     # under bf16 autocast: the residual stream (what the blocks add to) in bf16 instead of fp32. Every residual add
     # and layer norm then moves half the bytes, forward and backward; the sums lose fp32's 16 extra bits of mantissa
@@ -672,16 +672,16 @@ FP8_LM_HEAD_ERROR = "fp8_lm_head=True works inside the fused loss: set fused_los
 # accumulator, so fewer, larger chunks are faster: on an H100, 16384 rows against 4096 made GPT-2 124M's fast step
 # 1.3-2.6% faster at micro-batches 16-128, peak memory within +1.4 GiB (BENCHMARKS.md)
 FUSED_LOSS_CHUNK_ROWS = 16384
-# on CUDA each chunk's softmax and gradients come from our Triton kernel (cross_entropy_kernel.py), one kernel that
-# reads the logits twice; False: from chunk_loss_and_gradients below, which torch.compile turns into its own kernels
+# on CUDA each chunk's softmax and gradient come from our Triton kernel (cross_entropy_kernel.py), one kernel that
+# reads the logits twice; False: from chunk_loss_and_gradient below, which torch.compile turns into its own kernels
 FUSED_LOSS_KERNEL = True
 
 
-def chunk_loss_and_gradients(logits, targets, count, vocab_size, float8_scale):
-    """PyTorch twin of cross_entropy_kernel.cross_entropy_loss_and_gradients (same arguments, same math): for a chunk
-    of logits (rows x padded vocabulary), each row's cross-entropy, (softmax - one_hot) / count in the logits' dtype,
-    and with float8_scale > 0 (softmax - one_hot) * float8_scale in e5m2 for the float8 output layer (else None).
-    Columns at or past vocab_size are padding (no probability, zero gradient); targets of -1 are ignored."""
+def chunk_loss_and_gradient(logits, targets, count, vocab_size, float8_scale):
+    """PyTorch twin of cross_entropy_kernel.cross_entropy_loss_and_gradient (same arguments, same math): for a chunk
+    of logits (rows x padded vocabulary), each row's cross-entropy, and the gradient: (softmax - one_hot) / count in
+    the logits' dtype when float8_scale is 0, else (softmax - one_hot) * float8_scale in e5m2 for the float8 output
+    layer. Columns at or past vocab_size are padding (no probability, zero gradient); targets of -1 are ignored."""
     columns = torch.arange(logits.size(1), device=logits.device)
     masked_logits = logits.float().masked_fill(columns >= vocab_size, float("-inf"))
     target, keep = targets.clamp(min=0), targets != -1
@@ -689,8 +689,9 @@ def chunk_loss_and_gradients(logits, targets, count, vocab_size, float8_scale):
     row_loss = (log_z - masked_logits.gather(1, target[:, None])[:, 0]) * keep
     probs = torch.exp(masked_logits - log_z[:, None])  # softmax; 0 in the padding columns
     unit_gradient = torch.where(columns == target[:, None], probs - 1, probs) * keep[:, None]  # in [-1, 1]
-    grad8 = (unit_gradient * float8_scale).to(E5M2) if float8_scale > 0 else None
-    return row_loss, (unit_gradient / count).to(logits.dtype), grad8
+    if float8_scale > 0:
+        return row_loss, (unit_gradient * float8_scale).to(E5M2)
+    return row_loss, (unit_gradient / count).to(logits.dtype)
 
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
@@ -701,9 +702,9 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     dropped at once; backward only scales the stored gradients. Same FLOPs as the plain path, a fraction of the
     memory. The matrix products use the whole padded weight (a multiple of 64 rows: fast tensor-core tiles); the
     padding columns are masked out of the softmax instead of sliced off, which would cost a copy. With fp8=True
-    (GPTConfig.fp8_lm_head) the logits and grad_x products run in float8 (fp8.Float8OutputLayer). On CUDA each
-    chunk's softmax and gradients come from one Triton kernel (cross_entropy_kernel.py), elsewhere from its twin,
-    chunk_loss_and_gradients.
+    (GPTConfig.fp8_lm_head) all three products run in float8 (fp8.Float8OutputLayer). On CUDA each chunk's softmax
+    and gradient come from one Triton kernel (cross_entropy_kernel.py), elsewhere from its twin,
+    chunk_loss_and_gradient.
     """
 
     @staticmethod
@@ -715,24 +716,31 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         n_rows = x.size(0)
         if fp8 and n_rows % 16:  # the float8 kernel's tile: pad with rows whose targets are ignored
             x, targets = F.pad(x, (0, 0, 0, -n_rows % 16)), F.pad(targets, (0, -n_rows % 16), value=-1)
-        head8 = Float8OutputLayer(x, weight) if fp8 else None  # float8 copies of x and W, for two of the products
-        x_c, w_c = x.to(dtype), None if fp8 else weight.to(dtype)
+        if fp8:  # float8 copies of x and W for the three products, made once
+            head8, x_c, w_c = Float8OutputLayer(x, weight), None, None
+        else:
+            head8, x_c, w_c = None, x.to(dtype), weight.to(dtype)
         count = (targets != -1).sum().clamp(min=1)
         if x.is_cuda and FUSED_LOSS_KERNEL:  # lazily: CPU-only users never load triton
-            from cross_entropy_kernel import cross_entropy_loss_and_gradients as loss_and_gradients
+            from cross_entropy_kernel import cross_entropy_loss_and_gradient as loss_and_gradient
         else:
-            loss_and_gradients = chunk_loss_and_gradients
+            loss_and_gradient = chunk_loss_and_gradient
         grad_x = torch.empty_like(x)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         for start in range(0, x.size(0), FUSED_LOSS_CHUNK_ROWS):
             rows = slice(start, start + FUSED_LOSS_CHUNK_ROWS)
             logits = head8.logits(rows, dtype) if fp8 else x_c[rows] @ w_c.t()
-            row_loss, grad_logits, grad8 = loss_and_gradients(logits, targets[rows], count, vocab_size,
-                                                               UNIT_GRADIENT_SCALE if fp8 else 0.0)
+            # with fp8 the gradient comes as (softmax - one_hot) * UNIT_GRADIENT_SCALE in e5m2, else divided by count
+            row_loss, grad_logits = loss_and_gradient(logits, targets[rows], count, vocab_size,
+                                                      UNIT_GRADIENT_SCALE if fp8 else 0.0)
             total += row_loss.sum()
-            grad_x[rows] = head8.grad_x(grad8, count, dtype) if fp8 else grad_logits @ w_c
-            grad_w += (grad_logits.t() @ x_c[rows]).float()
+            if fp8:
+                grad_x[rows] = head8.grad_x(grad_logits, count, dtype)
+                grad_w += head8.grad_w(grad_logits, rows, count)
+            else:
+                grad_x[rows] = grad_logits @ w_c
+                grad_w += (grad_logits.t() @ x_c[rows]).float()
         ctx.save_for_backward(grad_x[:n_rows], grad_w.to(weight.dtype))
         return total / count
 

@@ -56,7 +56,7 @@ attention = "auto"  # 'auto' (triton on CUDA, sdpa elsewhere), 'triton', 'sdpa',
 fused_loss = False  # the loss without materializing the (tokens x vocab) fp32 logits: less memory (BENCHMARKS.md);
                     # with a teacher the student's logits are needed whole, so distillation does not use it
 fp8 = False  # the blocks' matrix products in float8 while training (fp8.py); H100/H200-class GPUs
-fp8_lm_head = False  # with fused_loss: the output layer's logits and input-gradient products in float8 too
+fp8_lm_head = False  # with fused_loss: the output layer's three products (logits and both gradients) in float8
 bf16_residual = False  # dtype bfloat16: the residual stream in bf16, not fp32; faster, a little less exact (README)
 # distillation
 teacher = ""  # checkpoint or HF folder of a teacher with the same vocabulary; '' trains on the data alone

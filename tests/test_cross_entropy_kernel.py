@@ -5,9 +5,9 @@ import torch
 
 import cross_entropy_kernel
 import model as model_module
-from cross_entropy_kernel import cross_entropy_loss_and_gradients, interpreting, launch_kernel
+from cross_entropy_kernel import cross_entropy_loss_and_gradient, interpreting, launch_kernel
 from fp8 import E5M2, UNIT_GRADIENT_SCALE, has_float8_tensor_cores
-from model import FusedLinearCrossEntropy, chunk_loss_and_gradients
+from model import FusedLinearCrossEntropy, chunk_loss_and_gradient
 
 # The kernel runs in the interpreter on CPU tensors, or compiled on CUDA ones: one or the other per process.
 DEVICE = "cpu" if interpreting() else "cuda"
@@ -50,9 +50,8 @@ def relative_error(actual, expected):
 
 def poisoned_outputs(rows, padded_vocab, dtype, with_float8):
     """Outputs filled with NaN first: an element the kernel leaves unwritten fails the comparisons."""
-    return (torch.full((rows,), float("nan"), device=DEVICE),
-            torch.full((rows, padded_vocab), float("nan"), device=DEVICE, dtype=dtype),
-            torch.full((rows if with_float8 else 0, padded_vocab), float("nan"), device=DEVICE).to(E5M2))
+    gradient = torch.full((rows, padded_vocab), float("nan"), device=DEVICE)
+    return torch.full((rows,), float("nan"), device=DEVICE), gradient.to(E5M2 if with_float8 else dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -61,27 +60,28 @@ def poisoned_outputs(rows, padded_vocab, dtype, with_float8):
 def test_kernel_matches_float64_math(dtype, with_float8, vocab):
     torch.manual_seed(0)
     logits, targets, count = random_chunk(dtype, vocab=vocab)
-    row_loss, grad, grad8 = poisoned_outputs(ROWS, PADDED_VOCAB, dtype, with_float8)
-    launch_kernel(logits, targets, count, vocab, UNIT_GRADIENT_SCALE if with_float8 else 0.0, row_loss, grad, grad8)
+    row_loss, grad = poisoned_outputs(ROWS, PADDED_VOCAB, dtype, with_float8)
+    launch_kernel(logits, targets, count, vocab, UNIT_GRADIENT_SCALE if with_float8 else 0.0, row_loss, grad)
 
     expected_loss, unit = float64_reference(logits, targets, vocab)
     torch.testing.assert_close(row_loss.double(), expected_loss, rtol=1e-5, atol=1e-5)
-    assert relative_error(grad, unit / count.item()) < (1e-5 if dtype == torch.float32 else 5e-3)
-    assert torch.all(grad[:, vocab:] == 0) and torch.all(grad[IGNORED_ROWS] == 0)  # padding and ignored rows
-    if with_float8:
-        expected8 = (unit * UNIT_GRADIENT_SCALE).float().to(E5M2)
-        if DEVICE == "cuda":
-            # the GPU rounds to nearest even, as torch does; entries whose fp32 and float64 values straddle a
-            # rounding boundary may land one e5m2 step apart, nothing more
-            assert (grad8.view(torch.uint8) == expected8.view(torch.uint8)).float().mean() > 0.999
-            torch.testing.assert_close(grad8.double(), expected8.double(), rtol=0.25, atol=2.0 ** -16)
-        else:
-            # Triton 3.9's CPU interpreter rounds fp32 to e5m2 wrongly (it drops the rounding carry: 1.88 becomes
-            # 1.0, not 2.0), so here the values are held to within a factor of 2; the GPU run checks them bit for bit
-            assert torch.isfinite(grad8.float()).all()  # every element written
-            assert torch.all(grad8.float()[:, vocab:] == 0) and torch.all(grad8.float()[IGNORED_ROWS] == 0)
-            assert torch.all(grad8.float() * expected8.float() >= 0)  # no sign flipped
-            assert relative_error(grad8, expected8.double()) < 0.5
+    if not with_float8:
+        assert relative_error(grad, unit / count.item()) < (1e-5 if dtype == torch.float32 else 5e-3)
+        assert torch.all(grad[:, vocab:] == 0) and torch.all(grad[IGNORED_ROWS] == 0)  # padding and ignored rows
+        return
+    expected8 = (unit * UNIT_GRADIENT_SCALE).float().to(E5M2)
+    if DEVICE == "cuda":
+        # the GPU rounds to nearest even, as torch does; entries whose fp32 and float64 values straddle a
+        # rounding boundary may land one e5m2 step apart, nothing more
+        assert (grad.view(torch.uint8) == expected8.view(torch.uint8)).float().mean() > 0.999
+        torch.testing.assert_close(grad.double(), expected8.double(), rtol=0.25, atol=2.0 ** -16)
+    else:
+        # Triton 3.9's CPU interpreter rounds fp32 to e5m2 wrongly (it drops the rounding carry: 1.88 becomes
+        # 1.0, not 2.0), so here the values are held to within a factor of 2; the GPU run checks them bit for bit
+        assert torch.isfinite(grad.float()).all()  # every element written
+        assert torch.all(grad.float()[:, vocab:] == 0) and torch.all(grad.float()[IGNORED_ROWS] == 0)
+        assert torch.all(grad.float() * expected8.float() >= 0)  # no sign flipped
+        assert relative_error(grad, expected8.double()) < 0.5
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -90,32 +90,37 @@ def test_kernel_matches_the_pytorch_twin(dtype, with_float8):
     torch.manual_seed(1)
     logits, targets, count = random_chunk(dtype)
     scale = UNIT_GRADIENT_SCALE if with_float8 else 0.0
-    kernel = cross_entropy_loss_and_gradients(logits, targets, count, VOCAB, scale)
-    twin = chunk_loss_and_gradients(logits, targets, count, VOCAB, scale)
-    torch.testing.assert_close(kernel[0], twin[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(kernel[1].float(), twin[1].float(), rtol=1e-2, atol=1e-3 * twin[1].abs().max().item())
+    (kernel_loss, kernel_grad), (twin_loss, twin_grad) = (
+        f(logits, targets, count, VOCAB, scale) for f in (cross_entropy_loss_and_gradient, chunk_loss_and_gradient))
+    torch.testing.assert_close(kernel_loss, twin_loss, rtol=1e-5, atol=1e-5)
+    assert kernel_grad.dtype == twin_grad.dtype == (E5M2 if with_float8 else dtype)
     if not with_float8:
-        assert kernel[2].numel() == 0 and twin[2] is None
+        torch.testing.assert_close(kernel_grad, twin_grad, rtol=1e-2, atol=1e-3 * twin_grad.abs().max().item())
     elif DEVICE == "cuda":  # the same rounding on both sides (see above for the interpreter's)
-        assert (kernel[2].view(torch.uint8) == twin[2].view(torch.uint8)).float().mean() > 0.999
+        assert (kernel_grad.view(torch.uint8) == twin_grad.view(torch.uint8)).float().mean() > 0.999
+    else:
+        assert relative_error(kernel_grad, twin_grad.double()) < 0.5
 
 
 @pytest.mark.parametrize("rows", [0, 1])
-def test_kernel_with_no_rows_or_every_row_ignored(rows):
+@pytest.mark.parametrize("with_float8", [False, True])
+def test_kernel_with_no_rows_or_every_row_ignored(rows, with_float8):
     logits, targets, _ = random_chunk(torch.float32, rows=rows)
     targets[:] = -1
     count = torch.tensor(1, device=DEVICE)  # the model's count is clamped to at least 1
-    row_loss, grad, grad8 = cross_entropy_loss_and_gradients(logits, targets, count, VOCAB, UNIT_GRADIENT_SCALE)
-    assert row_loss.shape == (rows,) and grad.shape == grad8.shape == (rows, PADDED_VOCAB)
-    assert torch.all(row_loss == 0) and torch.all(grad == 0) and torch.all(grad8.float() == 0)
+    scale = UNIT_GRADIENT_SCALE if with_float8 else 0.0
+    row_loss, grad = cross_entropy_loss_and_gradient(logits, targets, count, VOCAB, scale)
+    assert row_loss.shape == (rows,) and grad.shape == (rows, PADDED_VOCAB)
+    assert torch.all(row_loss == 0) and torch.all(grad.float() == 0)
 
 
 def test_the_op_passes_opcheck_and_compiles_without_graph_breaks():
     torch.manual_seed(2)
     logits, targets, count = random_chunk(torch.bfloat16)
-    torch.library.opcheck(cross_entropy_loss_and_gradients, (logits, targets, count, VOCAB, UNIT_GRADIENT_SCALE))
-    eager = cross_entropy_loss_and_gradients(logits, targets, count, VOCAB, 0.0)
-    compiled = torch.compile(lambda *a: cross_entropy_loss_and_gradients(*a, VOCAB, 0.0), fullgraph=True,
+    for scale in (0.0, UNIT_GRADIENT_SCALE):
+        torch.library.opcheck(cross_entropy_loss_and_gradient, (logits, targets, count, VOCAB, scale))
+    eager = cross_entropy_loss_and_gradient(logits, targets, count, VOCAB, 0.0)
+    compiled = torch.compile(lambda *a: cross_entropy_loss_and_gradient(*a, VOCAB, 0.0), fullgraph=True,
                              backend="aot_eager")
     for e, c in zip(eager, compiled(logits, targets, count)):
         torch.testing.assert_close(c, e, rtol=0, atol=0)
@@ -124,16 +129,16 @@ def test_the_op_passes_opcheck_and_compiles_without_graph_breaks():
 def test_the_kernel_refuses_inputs_it_cannot_read():
     logits, targets, count = random_chunk(torch.float32)
     with pytest.raises(ValueError, match="vocab_size in"):
-        cross_entropy_loss_and_gradients(logits, targets, count, PADDED_VOCAB + 1, 0.0)
+        cross_entropy_loss_and_gradient(logits, targets, count, PADDED_VOCAB + 1, 0.0)
     with pytest.raises(ValueError, match="contiguous"):
-        cross_entropy_loss_and_gradients(logits.t().contiguous().t(), targets, count, VOCAB, 0.0)
+        cross_entropy_loss_and_gradient(logits.t().contiguous().t(), targets, count, VOCAB, 0.0)
     with pytest.raises(ValueError, match="contiguous"):
         every_other = torch.stack([targets, targets], dim=1)[:, 0]
-        cross_entropy_loss_and_gradients(logits, every_other, count, VOCAB, 0.0)
+        cross_entropy_loss_and_gradient(logits, every_other, count, VOCAB, 0.0)
     other_device = "cuda" if DEVICE == "cpu" and torch.cuda.is_available() else "cpu" if DEVICE == "cuda" else None
     if other_device:  # the compiled kernel cannot read host memory, nor the interpreter a GPU's
-        with pytest.raises(ValueError, match="chunk_loss_and_gradients"):
-            cross_entropy_loss_and_gradients(logits.to(other_device), targets.to(other_device),
+        with pytest.raises(ValueError, match="chunk_loss_and_gradient"):
+            cross_entropy_loss_and_gradient(logits.to(other_device), targets.to(other_device),
                                              count.to(other_device), VOCAB, 0.0)
 
 
