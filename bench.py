@@ -96,7 +96,7 @@ profile = False  # train, CUDA: after timing, profile 2 steps and print the GPU 
 fast_attention = "triton"
 fast_compile_mode = "default"
 fast_fp8 = False  # the fast variant with fp8 too (GPUs with float8 tensor cores); off: at 124M it measured 0.99x
-fast_fp8_lm_head = True  # the fast variant with fp8_lm_head (GPUs with float8 tensor cores): 1.02-1.03x at 124M
+fast_fp8_lm_head = True  # the fast variant with fp8_lm_head (GPUs with float8 tensor cores; BENCHMARKS.md)
 fast_bf16_residual = True  # the fast variant with bf16_residual (dtype bfloat16): 1.06-1.07x at 124M
 ablate_compile_modes = "reduce-overhead"  # comma-separated; max-autotune-no-cudagraphs takes minutes to compile
 # attention micro-benchmark
