@@ -1126,7 +1126,7 @@ def main(config):
     device, dtype = resolve_device_and_dtype(config["device"], config["dtype"])
     if config["bf16_residual"] and dtype != "bfloat16":
         from model import BF16_RESIDUAL_ERROR
-        raise SystemExit(f"error: {BF16_RESIDUAL_ERROR} (this run's dtype is {dtype})")
+        raise SystemExit(f"error: {BF16_RESIDUAL_ERROR.format(dtype=dtype)}")
     interpret_triton_on_cpu(device)
     if is_cuda(device) and torch.device(device).index is not None:
         torch.cuda.set_device(device)  # 'cuda:1': CUDA events and streams below use the current device

@@ -56,8 +56,9 @@ class GPTConfig:
     fp8: bool = False
     # training with fused_loss: the output layer's three products in float8 (fp8.py)
     fp8_lm_head: bool = False
-    # under bf16 autocast: the residual stream (what the blocks add to) in bf16 instead of fp32. Every residual add
-    # and layer norm then moves half the bytes, forward and backward; the sums lose fp32's 16 extra bits of mantissa
+    # training under bf16 autocast: the residual stream (what the blocks add to) in bf16 instead of fp32. Every
+    # residual add and layer norm then moves half the bytes, forward and backward; the sums lose fp32's 16 extra bits
+    # of mantissa. Evaluation and generation keep the fp32 sums, as the float8 options keep the ordinary products
     bf16_residual: bool = False
 
     def __post_init__(self):
@@ -460,7 +461,7 @@ class GPT(nn.Module):
         pos = start_pos + torch.arange(T, dtype=torch.long, device=idx.device)  # start_pos: int or 1-element tensor
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         device_type = idx.device.type
-        if (self.config.bf16_residual and torch.is_autocast_enabled(device_type)
+        if (self.config.bf16_residual and self.training and torch.is_autocast_enabled(device_type)
                 and torch.get_autocast_dtype(device_type) == torch.bfloat16):
             x = x.to(torch.bfloat16)  # each block's output is bf16 already, so the sums stay bf16
         for i, block in enumerate(self.transformer.h):
@@ -664,8 +665,8 @@ class GPT(nn.Module):
 # 50k-token softmax over 12k rows) underflow to 0, and the GradScaler's scale only arrives in backward.
 FUSED_LOSS_FLOAT16_ERROR = ("fused_loss=True does not work in float16 (its output-layer gradients underflow before "
                             "loss scaling); use dtype bfloat16 or float32, or fused_loss=False")
-BF16_RESIDUAL_ERROR = ("bf16_residual=True keeps the residual stream in bfloat16: use dtype bfloat16, or "
-                       "bf16_residual=False")
+BF16_RESIDUAL_ERROR = ("bf16_residual=True needs dtype bfloat16 (this run's is {dtype}); use --dtype=bfloat16 or "
+                       "--bf16_residual=False")
 FP8_LM_HEAD_ERROR = "fp8_lm_head=True works inside the fused loss: set fused_loss=True too, or fp8_lm_head=False"
 # rows of logits alive at once (a multiple of 16 for fp8_lm_head): 16384 x 50304 logits and their gradients are about
 # 4 GB in bf16 (more in fp32, and more on the CPU's path). Each chunk adds its share into grad_w's float32

@@ -431,7 +431,7 @@ def train(config, passed=None):
         raise SystemExit(f"error: {FUSED_LOSS_FLOAT16_ERROR}")
     if config["bf16_residual"] and dtype != "bfloat16":
         from model import BF16_RESIDUAL_ERROR
-        raise SystemExit(f"error: {BF16_RESIDUAL_ERROR} (this run's dtype is {dtype})")
+        raise SystemExit(f"error: {BF16_RESIDUAL_ERROR.format(dtype=dtype)}")
     tokens_per_step = config["gradient_accumulation_steps"] * config["batch_size"] * config["block_size"]
     existing = [name for name in ("last.pt", "best.pt") if os.path.isfile(os.path.join(config["out_dir"], name))]
     new_run = config["init_from"] != "resume" and not config["eval_only"]

@@ -360,7 +360,8 @@ def test_the_fast_variant_keeps_the_residual_stream_in_bf16_only_in_bfloat16():
     assert baseline["bf16_residual"] is False  # the baseline is plain nanoGPT whatever the flags say
     result = bench.measure_training(dict(baseline, bf16_residual=True, batch_size=2), "cpu", "bfloat16")
     assert result["bf16_residual"] is True and math.isfinite(result["last_loss"])
-    with pytest.raises(SystemExit, match="bf16_residual=True keeps the residual stream in bfloat16"):
+    assert bench.model_from_settings(dict(baseline, bf16_residual=True)).config.bf16_residual
+    with pytest.raises(SystemExit, match=r"bf16_residual=True needs dtype bfloat16 \(this run's is float32\)"):
         bench.main(load_config(bench.DEFAULTS, [*TINY_FLAGS, "--bf16_residual=True", "--dtype=float32"]))
 
 

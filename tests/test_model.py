@@ -352,8 +352,8 @@ def test_fused_loss_matches_plain_cross_entropy(autocast, monkeypatch):
 
 
 def test_bf16_residual_keeps_the_stream_in_bf16_and_follows_float64_math():
-    """Under bf16 autocast the blocks add to a bf16 stream; the loss and every gradient stay within bf16 rounding of
-    the same model in float64. Without autocast the flag changes nothing, bit for bit."""
+    """Training under bf16 autocast, the blocks add to a bf16 stream; the loss and every gradient stay within bf16
+    rounding of the same model in float64. In evaluation, or without autocast, the flag changes nothing."""
     seed = fresh_seed()
     torch.manual_seed(seed)
     plain = GPT(tiny_config(fused_loss=True))
@@ -378,6 +378,8 @@ def test_bf16_residual_keeps_the_stream_in_bf16_and_follows_float64_math():
     seen, loss = stream_dtypes(lowp)
     assert seen == [torch.bfloat16] * 3, seed
     assert stream_dtypes(plain)[0] == [torch.float32] * 3  # the flag is what changed it
+    assert stream_dtypes(lowp.eval())[0] == [torch.float32] * 3  # evaluation keeps the fp32 sums
+    lowp.train()
     loss.backward()
     assert abs(loss.item() - exact_loss.item()) < 2e-2 * exact_loss.item(), seed
     for (name, p), q in zip(exact.named_parameters(), lowp.parameters()):

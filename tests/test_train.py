@@ -366,9 +366,8 @@ def test_bf16_residual_follows_the_bf16_run_and_needs_bf16(char_data_dir, tmp_pa
     result = run_script(train_flags(char_data_dir, tmp_path / "fp32", "--bf16_residual=True", "--dtype=float32"),
                         check=False)
     assert result.returncode != 0
-    assert result.stderr.strip().splitlines()[-1] == ("error: bf16_residual=True keeps the residual stream in bfloat16: "
-                                                      "use dtype bfloat16, or bf16_residual=False (this run's dtype "
-                                                      "is float32)")
+    assert result.stderr.strip().splitlines()[-1] == ("error: bf16_residual=True needs dtype bfloat16 (this run's is "
+                                                      "float32); use --dtype=bfloat16 or --bf16_residual=False")
     assert not os.path.exists(tmp_path / "fp32" / "metrics.jsonl")
 
 
