@@ -23,7 +23,7 @@ bias = False
 # held 10.8 GiB less (BENCHMARKS.md; this config's micro-batch of 12 was not measured)
 fused_loss = True
 # fp8_lm_head = True  # H100/H200: the output layer's three products in float8 too (BENCHMARKS.md)
-# bf16_residual = True  # the residual stream in bf16: 1.055-1.068x on an H100; short runs only checked (README)
+# bf16_residual = True  # the residual stream in bf16: 1.055-1.068x on an H100, a little less accurate (README)
 
 learning_rate = 6e-4
 max_iters = 600000  # 300B tokens
