@@ -18,7 +18,8 @@ How it measures
 - Training: a fresh model and optimizer per measurement (torch.compile with static shapes, as a real run gets),
   `warmup_steps` untimed optimizer steps (compilation happens there), then `timed_steps` steps. On CUDA each step
   is timed between events recorded on the stream at step boundaries, so time the GPU spends waiting for the host
-  counts. Reported: the median step and the spread (min, max), tokens/s = tokens per step / median step,
+  counts. Reported: the mean step, the median and the spread (min, max), tokens/s = tokens per step / mean step
+  (the mean, so that fp8's scale-measuring steps, one in fp8.SCALE_INTERVAL, count for what they cost),
   MFU = GPT.flops_per_token() x tokens/s / the GPU's peak (model.peak_flops), and peak memory
   (torch.cuda.max_memory_allocated over the timed steps). Micro-batches are tried smallest first; the first one
   that runs out of memory ends the sweep, and the fastest that fit is the variant's result.
@@ -89,13 +90,13 @@ beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0  # as train.py: clipping is part of a real step
 warmup_steps = 3  # untimed steps first; compilation happens in the first
-timed_steps = 20
+timed_steps = 32  # a multiple of fp8.SCALE_INTERVAL: with fp8, the measuring steps are their share of the mean
 data_dir = ""  # a prepare.py folder: real tokens through train.py's loader (and its stall measured); '' = random
 profile = False  # train, CUDA: after timing, profile 2 steps and print the GPU kernels that took the most time
 # the fast variant (--compare) and the levers (--ablate)
 fast_attention = "triton"
 fast_compile_mode = "default"
-fast_fp8 = False  # the fast variant with fp8 too (GPUs with float8 tensor cores); off: at 124M it measured 0.99x
+fast_fp8 = True  # the fast variant with fp8 (GPUs with float8 tensor cores): the blocks in float8, scales every 16 steps
 fast_fp8_lm_head = True  # the fast variant with fp8_lm_head (GPUs with float8 tensor cores; BENCHMARKS.md)
 fast_bf16_residual = True  # the fast variant with bf16_residual (dtype bfloat16): 1.06-1.07x at 124M
 ablate_compile_modes = "reduce-overhead"  # comma-separated; max-autotune-no-cudagraphs takes minutes to compile
@@ -282,14 +283,18 @@ class LoaderBatches:
         return batch
 
 
-def train_step(model, optimizer, scaler, next_batch, accumulation_steps, autocast, grad_clip, cudagraphs):
+def train_step(model, optimizer, scaler, next_batch, accumulation_steps, autocast, grad_clip, cudagraphs,
+               measure_fp8_scales=None):
     """One optimizer step as train.py takes it: gradient accumulation with the next micro-batch fetched while the
-    GPU works on this one, then train.optimizer_step (clipping, AdamW). Returns the step's loss as a device tensor
+    GPU works on this one, then train.optimizer_step (clipping, AdamW). measure_fp8_scales: with fp8, whether the
+    first micro-batch measures the float8 scales (None: fp8 off). Returns the step's loss as a device tensor
     (no sync)."""
     from train import optimizer_step
     x, y = next_batch()
     step_loss = torch.zeros((), device=x.device)
     for micro_step in range(accumulation_steps):
+        if measure_fp8_scales is not None:
+            model.measure_fp8_scales(measure_fp8_scales and micro_step == 0)
         if cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()  # CUDA-graph modes: a new iteration begins here
         with autocast:
@@ -329,6 +334,7 @@ def time_steps(run_step, n_steps, device):
 def measure_training(settings, device, dtype):
     """Time `timed_steps` optimizer steps of a fresh model built from `settings`, after `warmup_steps` untimed
     ones. Returns a flat dict of measurements (see the module docstring for what each one means)."""
+    from fp8 import SCALE_INTERVAL
     from model import mfu, resolve_attention
     from train import autocast_context
     B, T, accumulation = settings["batch_size"], settings["block_size"], settings["gradient_accumulation_steps"]
@@ -343,11 +349,14 @@ def measure_training(settings, device, dtype):
     cudagraphs = compiled and settings["compile_mode"] in ("reduce-overhead", "max-autotune")
     synthetic = SyntheticBatches(model.config.vocab_size, B, T, accumulation, settings["seed"], device)
     loader = LoaderBatches(settings["data_dir"], B, T, settings["seed"], device) if settings["data_dir"] else None
-    last_loss = []
+    last_loss, steps_taken = [], [0]
 
     def step(next_batch):
+        # with fp8, as train.py: the float8 scales measured at the first step, then every SCALE_INTERVAL steps
+        measure = steps_taken[0] % SCALE_INTERVAL == 0 if settings["fp8"] else None
         last_loss[:] = [train_step(step_model, optimizer, scaler, next_batch, accumulation, autocast,
-                                   settings["grad_clip"], cudagraphs)]
+                                   settings["grad_clip"], cudagraphs, measure)]
+        steps_taken[0] += 1
 
     t0 = time.perf_counter()
     step(loader or synthetic)  # compiles
@@ -366,7 +375,7 @@ def measure_training(settings, device, dtype):
     step_ms, wall_ms = time_steps(lambda: step(source), settings["timed_steps"], device)
     median_ms = statistics.median(step_ms)
     tokens_per_step = B * T * accumulation
-    tokens_per_sec = tokens_per_step / (median_ms / 1000)
+    tokens_per_sec = tokens_per_step / (statistics.fmean(step_ms) / 1000)
     result = {
         "batch_size": B, "block_size": T, "gradient_accumulation_steps": accumulation,
         "tokens_per_step": tokens_per_step,
@@ -410,7 +419,7 @@ def profile_steps(run_step, n_steps, rows=25):
 
 
 def spread(values):
-    """Median, quartiles and extremes of a list of timings."""
+    """Mean, median, quartiles and extremes of a list of timings."""
     ordered = sorted(values)
 
     def quantile(q):  # linear interpolation between order statistics
@@ -419,8 +428,8 @@ def spread(values):
         high = min(low + 1, len(ordered) - 1)
         return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
-    return {"median": quantile(0.5), "p25": quantile(0.25), "p75": quantile(0.75),
-            "min": ordered[0], "max": ordered[-1]}
+    return {"mean": statistics.fmean(ordered), "median": quantile(0.5), "p25": quantile(0.25),
+            "p75": quantile(0.75), "min": ordered[0], "max": ordered[-1]}
 
 
 # -----------------------------------------------------------------------------
@@ -586,7 +595,7 @@ def format_trial(t):
     if t["status"] != "ok":
         return f"{name}: {'out of memory' if t['status'] == 'oom' else 'failed'} ({t['error']})"
     ms = t["ms_per_step"]
-    text = (f"{name}: {ms['median']:8.1f} ms/step [{ms['min']:.1f}-{ms['max']:.1f}], {t['tokens_per_sec']:>11,.0f} "
+    text = (f"{name}: {ms['mean']:8.1f} ms/step [{ms['min']:.1f}-{ms['max']:.1f}], {t['tokens_per_sec']:>11,.0f} "
             f"tokens/s, MFU {percent(t['mfu'])}, peak {gib(t['peak_memory_gib'])}, "
             f"warm-up {t['warmup_seconds']:.0f} s")
     if "vs_baseline" in t:
@@ -895,11 +904,11 @@ def train_rows(trials):
     for t in trials:
         if t["status"] != "ok":
             rows.append([t["variant"], t["batch_size"], "out of memory" if t["status"] == "oom" else "failed",
-                         "", "", "", "", ""])
+                         "", "", "", "", "", ""])
             continue
         ms = t["ms_per_step"]
-        rows.append([t["variant"], t["batch_size"], f"{ms['median']:.1f}", f"{ms['min']:.1f}-{ms['max']:.1f}",
-                     f"{t['tokens_per_sec']:,.0f}", percent(t["mfu"]), gib(t["peak_memory_gib"]),
+        rows.append([t["variant"], t["batch_size"], f"{ms['mean']:.1f}", f"{ms['median']:.1f}",
+                     f"{ms['min']:.1f}-{ms['max']:.1f}", f"{t['tokens_per_sec']:,.0f}", percent(t["mfu"]), gib(t["peak_memory_gib"]),
                      f"{t['vs_baseline']:.3f}x" if "vs_baseline" in t else
                      (f"{t['loader_stall_ms_per_step']:+.2f} ms" if "loader_stall_ms_per_step" in t else "")])
     return rows
@@ -908,9 +917,9 @@ def train_rows(trials):
 def report_train(train):
     trials = [t for key in ("run", "baseline", "fast") if key in train for t in train[key]["trials"]]
     trials += train.get("ablation", {}).get("levers", [])
-    headers = ["variant", "micro-batch", "ms/step", "min-max", "tokens/s", "MFU", "peak memory",
+    headers = ["variant", "micro-batch", "ms/step", "median", "min-max", "tokens/s", "MFU", "peak memory",
                "vs baseline / loader stall"]
-    text = "train (median of timed steps)\n" + format_table(headers, train_rows(trials))
+    text = "train (ms/step: the mean of the timed steps)\n" + format_table(headers, train_rows(trials))
     for key in ("run", "baseline", "fast"):
         if key in train and train[key]["best"]:
             sweep = train[key]

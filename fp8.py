@@ -1,30 +1,32 @@
-"""FP8 training matrix products: a Linear layer's three products per step in 8-bit floats.
+"""FP8 training matrix products: a Linear layer's products in 8-bit floats while training.
 
     from fp8 import fp8_linear
-    y = fp8_linear(x, weight, bias)  # = F.linear(x, weight, bias), computed in float8 (forward and backward)
+    y = fp8_linear(x, weight, bias)  # = F.linear(x, weight, bias), with the products below in float8
 
 Hopper GPUs (H100, H200) multiply float8 matrices at twice their bf16 rate. model.py uses this for the blocks'
-Linear layers with `GPTConfig(fp8=True)` (train.py / bench.py `--fp8=True`). The recipe is the plain "tensorwise"
-one: each operand gets one scale per tensor, recomputed every step from its largest magnitude, so that the largest
-value lands on the format's largest finite number (dynamic scaling, no history to carry in a checkpoint).
+Linear layers with `GPTConfig(fp8=True)` (train.py / bench.py `--fp8=True`):
 
 - forward:       y  = x @ W^T      x and W in e4m3 (3 mantissa bits, range +-448)
 - backward:      dx = dy @ W       dy in e5m2 (2 mantissa bits, range +-57344: gradients span more decades)
-                 dW = dy^T @ x     accumulated and returned in float32, for the float32 master weights
+                 dW = dy^T @ x     in bf16 (the autocast dtype), as without fp8
 
-Only the inputs are rounded to 8 bits; the tensor cores sum the products in float32, or close to it (Hopper's
-float8 units keep a few bits fewer: tests/test_fp8.py allows for it).
+Each float8 operand is x * scale rounded to 8 bits, one scale per tensor, and the product is divided by the scales
+again; the tensor cores sum in float32, or close to it (Hopper's float8 units keep a few bits fewer:
+tests/test_fp8.py allows for it). The scale maps the tensor's largest magnitude near the format's largest number.
 
-Whether it pays depends on width: every step also reads each activation twice more (its amax, then its cast) and
-writes transposed 8-bit copies for the weight gradient. On one H100 that cancelled the faster products for GPT-2
-124M (768 wide: 0.99x) and not for a 2048-wide model (1.14x). The accuracy cost is measured too: BENCHMARKS.md
-compares fp8 and bf16 loss curves from the same seed. `torch._scaled_mm` also runs on the CPU, which is how the
-tests check this file without a GPU.
-
-The output layer (`Float8OutputLayer`, `GPTConfig(fused_loss=True, fp8_lm_head=True)`) is the other place it is
-used: its products are the largest of the step (50304 wide), and its gradient needs no amax pass (see below).
-On one H100 its logits and grad_x products in float8 made GPT-2 124M's training step 2-3% faster on top of the
-other levers, and its grad_w in float8 too another 2-3% (BENCHMARKS.md).
+Why the recipe looks like this: at GPT-2 124M's width (768) the products are small next to the passes over the
+activations that float8 adds, so what decides the speed is those passes. The plain recipe (a scale from every
+tensor's largest magnitude, every step, and dW in float8 too) needs an amax pass before each cast, and transposed
+8-bit copies of x and dy for dW (the kernel reads both operands along the summed dimension): on one H100 it ran
+GPT-2 124M at 0.99x. Two changes make the casts free riders on kernels that run anyway:
+1. Scales measured every SCALE_INTERVAL steps. On a measuring call the scales come from the tensors themselves (an
+   amax pass, as above) and are stored, divided by some headroom; the calls between reuse them, so the cast to 8 bits
+   needs nothing but the tensor and torch.compile fuses it into the kernel that makes the tensor (layer norm, GELU,
+   the residual gradient). A value beyond the stored range saturates at the format's largest number: bounded, never
+   inf or NaN. The training loop says which calls measure (GPT.measure_fp8_scales); a Linear left alone measures
+   on every call, which is always right and slower.
+2. dW in bf16 from the saved bf16 x: no transposed copies.
+BENCHMARKS.md has the measurements, speed and loss.
 """
 
 import torch
@@ -32,6 +34,12 @@ import torch.nn.functional as F
 
 E4M3 = torch.float8_e4m3fn
 E5M2 = torch.float8_e5m2
+
+SCALE_INTERVAL = 16  # training steps between measurements of the blocks' scales (train.py and bench.py use it)
+# the measured scale is divided by these, so the tensor may grow this much before it saturates: the activations
+# change slowly between measurements; gradients jump more, and e5m2 has range to spare (30 binades against 15)
+X_HEADROOM = 2.0
+GRADIENT_HEADROOM = 8.0
 
 
 def has_float8_tensor_cores(device):
@@ -49,6 +57,12 @@ def to_float8(x, dtype):
     return x8, scale.reciprocal()
 
 
+def to_float8_with_scale(x, scale, dtype):
+    """x * scale rounded to `dtype`, saturating at its largest number; returns (x8, 1 / scale) as to_float8 does."""
+    largest, scale = torch.finfo(dtype).max, scale.float()
+    return (x.float() * scale).clamp(-largest, largest).to(dtype), scale.reciprocal()
+
+
 def scaled_matmul(a8, a_inverse_scale, b8, b_inverse_scale, out_dtype):
     """(a8 * a_inverse_scale) @ (b8 * b_inverse_scale) for float8 a8 (M, K) and b8 (K, N). The tensor-core kernel
     reads a row by row and b column by column, hence the layouts asked for here (no copy when already so)."""
@@ -56,26 +70,60 @@ def scaled_matmul(a8, a_inverse_scale, b8, b_inverse_scale, out_dtype):
                             scale_b=b_inverse_scale, out_dtype=out_dtype)
 
 
+def cast(x, dtype, stored_scale, measuring, headroom):
+    """x in float8: on a measuring call with its own scale, stored (over `headroom`) in stored_scale for the calls
+    after; else with stored_scale. stored_scale None: always x's own scale, nothing stored."""
+    if stored_scale is None:
+        return to_float8(x, dtype)
+    if measuring:
+        x8, inverse_scale = to_float8(x, dtype)
+        stored_scale.copy_(inverse_scale.reciprocal() / headroom)
+        return x8, inverse_scale
+    return to_float8_with_scale(x, stored_scale, dtype)
+
+
 class Float8Matmul(torch.autograd.Function):
-    """x (M, K) @ weight (N, K)^T -> (M, N) in out_dtype, with the float8 backward above."""
+    """x (M, K) @ weight (N, K)^T -> (M, N) in out_dtype, with the float8 backward above. x_scale and
+    gradient_scale: 0-d float32 tensors that keep the scales between calls (or None); measuring: see `cast`."""
 
     @staticmethod
-    def forward(ctx, x, weight, out_dtype):
-        x8, x_inverse_scale = to_float8(x, E4M3)
-        w8, w_inverse_scale = to_float8(weight, E4M3)
-        # the 8-bit copies are what backward needs: a quarter of the memory of float32 activations
-        ctx.save_for_backward(x8, x_inverse_scale, w8, w_inverse_scale)
-        ctx.input_dtypes = (x.dtype, weight.dtype)
+    def forward(ctx, x, weight, x_scale, gradient_scale, measuring, out_dtype):
+        x8, x_inverse_scale = cast(x, E4M3, x_scale, measuring, X_HEADROOM)
+        w8, w_inverse_scale = to_float8(weight, E4M3)  # the weight is small: its own scale every call
+        # dW = dy^T x is computed in out_dtype from this copy (what F.linear under autocast keeps too)
+        ctx.save_for_backward(x.to(out_dtype), w8, w_inverse_scale, gradient_scale)
+        ctx.measuring, ctx.input_dtypes = measuring, (x.dtype, weight.dtype)
         return scaled_matmul(x8, x_inverse_scale, w8.t(), w_inverse_scale, out_dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x8, x_inverse_scale, w8, w_inverse_scale = ctx.saved_tensors
+        x, w8, w_inverse_scale, gradient_scale = ctx.saved_tensors
         x_dtype, w_dtype = ctx.input_dtypes
-        g8, g_inverse_scale = to_float8(grad_out, E5M2)
+        g8, g_inverse_scale = cast(grad_out, E5M2, gradient_scale, ctx.measuring, GRADIENT_HEADROOM)
         grad_x = scaled_matmul(g8, g_inverse_scale, w8, w_inverse_scale, grad_out.dtype)
-        grad_w = scaled_matmul(g8.t(), g_inverse_scale, x8, x_inverse_scale, torch.float32)
-        return grad_x.to(x_dtype), grad_w.to(w_dtype), None
+        grad_w = grad_out.to(x.dtype).t() @ x
+        return grad_x.to(x_dtype), grad_w.to(w_dtype), None, None, None, None
+
+
+def fp8_linear(x, weight, bias=None, scales=None, measuring=True):
+    """F.linear(x, weight, bias) with float8 products. Under autocast the output has the autocast dtype, as
+    F.linear's would. scales: (x_scale, gradient_scale), 0-d float32 tensors kept between calls (model.Linear's),
+    measured when `measuring`, else used as they are; None: every call measures its own, nothing kept. The float8
+    kernel takes only dimensions that are multiples of 16: weight's must be, and the rows of x are padded with zeros
+    to the next multiple."""
+    if weight.size(0) % 16 or weight.size(1) % 16:
+        raise ValueError(f"fp8 needs Linear sizes that are multiples of 16, got {tuple(weight.shape)}; "
+                         "pick n_embd a multiple of 16 or train with fp8=False")
+    device_type = x.device.type
+    out_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+    x_scale, gradient_scale = scales if scales is not None else (None, None)
+    rows = x.reshape(-1, x.size(-1))
+    n_rows = rows.size(0)
+    if n_rows % 16:
+        rows = F.pad(rows, (0, 0, 0, -n_rows % 16))
+    y = Float8Matmul.apply(rows, weight, x_scale, gradient_scale, measuring, out_dtype)[:n_rows]
+    y = y.view(*x.shape[:-1], weight.size(0))
+    return y if bias is None else y + bias.to(out_dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -125,20 +173,3 @@ class Float8OutputLayer:
     def g_inverse_scale(count):
         return (1.0 / (UNIT_GRADIENT_SCALE * count)).float()
 
-
-def fp8_linear(x, weight, bias=None):
-    """F.linear(x, weight, bias) with float8 products. Under autocast the output has the autocast dtype, as
-    F.linear's would. The float8 kernel takes only dimensions that are multiples of 16: weight's must be, and the
-    rows of x (the reduction of the weight gradient) are padded with zeros to the next multiple."""
-    if weight.size(0) % 16 or weight.size(1) % 16:
-        raise ValueError(f"fp8 needs Linear sizes that are multiples of 16, got {tuple(weight.shape)}; "
-                         "pick n_embd a multiple of 16 or train with fp8=False")
-    device_type = x.device.type
-    out_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
-    rows = x.reshape(-1, x.size(-1))
-    n_rows = rows.size(0)
-    if n_rows % 16:
-        rows = F.pad(rows, (0, 0, 0, -n_rows % 16))
-    y = Float8Matmul.apply(rows, weight, out_dtype)[:n_rows]
-    y = y.view(*x.shape[:-1], weight.size(0))
-    return y if bias is None else y + bias.to(out_dtype)

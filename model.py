@@ -172,15 +172,20 @@ class LayerNorm(nn.Module):
 
 class Linear(nn.Linear):
     """nn.Linear, or with fp8=True its float8 version (fp8.py) while training; evaluation and generation keep the
-    ordinary products (any device, full accuracy). The weights and their names are the same either way."""
+    ordinary products (any device, full accuracy). The weights and their names are the same either way: the float8
+    scales kept between steps are not saved (a resumed run measures them again at its first step)."""
 
     def __init__(self, in_features, out_features, bias, fp8=False):
         super().__init__(in_features, out_features, bias=bias)
         self.fp8 = fp8
+        self.fp8_measuring = True  # measure the scales on each call, unless the training loop says otherwise
+        self.register_buffer("fp8_x_scale", torch.ones(()), persistent=False)
+        self.register_buffer("fp8_gradient_scale", torch.ones(()), persistent=False)
 
     def forward(self, x):
         if self.fp8 and self.training:
-            return fp8_linear(x, self.weight, self.bias)
+            return fp8_linear(x, self.weight, self.bias, (self.fp8_x_scale, self.fp8_gradient_scale),
+                              self.fp8_measuring)
         return super().forward(x)
 
 
@@ -508,6 +513,14 @@ class GPT(nn.Module):
         for module in self.modules():
             if isinstance(module, Linear):
                 module.fp8 = enabled
+
+    def measure_fp8_scales(self, measuring):
+        """Whether the next training calls of the float8 blocks measure their scales (fp8.py) or reuse the last
+        ones. The training loops measure on the first micro-batch of a process and then every
+        fp8.SCALE_INTERVAL steps; under torch.compile each setting is its own graph, compiled once."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.fp8_measuring = measuring
 
     # ------------------------------------------------------------------------------------------
     # generation

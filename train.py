@@ -382,6 +382,7 @@ def train(config, passed=None):
     None counts every key as passed, so that `config` is taken as it is."""
     from checkpoint import TEMP_SUFFIX, CheckpointWriteError, load_checkpoint, save_checkpoint, unwritable_folder
     from configurator import format_config
+    from fp8 import SCALE_INTERVAL
     from model import mfu
     from prepare import left_by_a_killed_process, open_split, read_meta
     from tokenizer import describe_spec, load_tokenizer
@@ -637,6 +638,8 @@ def train(config, passed=None):
         step_loss = torch.zeros((), device=device)
         for micro_step in range(local_accum):
             last = micro_step == local_accum - 1
+            if config["fp8"]:  # the float8 scales: measured at this process's first step, then every SCALE_INTERVAL
+                raw_model.measure_fp8_scales(micro_step == 0 and (step == start_step or step % SCALE_INTERVAL == 0))
             with gradient_sync(model, fsdp, world_size, enabled=last):
                 with autocast:
                     if teacher_model is None:

@@ -93,8 +93,9 @@ def test_piped_into_head_stops_quietly():
 # small helpers and the logic around out-of-memory
 
 def test_spread_and_int_lists():
-    assert bench.spread([5.0, 1.0, 4.0, 2.0, 3.0]) == {"median": 3.0, "p25": 2.0, "p75": 4.0, "min": 1.0, "max": 5.0}
-    assert bench.spread([7.0]) == {"median": 7.0, "p25": 7.0, "p75": 7.0, "min": 7.0, "max": 7.0}
+    assert bench.spread([5.0, 1.0, 4.0, 2.0, 9.0]) == {"mean": 4.2, "median": 4.0, "p25": 2.0, "p75": 5.0, "min": 1.0,
+                                                       "max": 9.0}
+    assert bench.spread([7.0]) == {"mean": 7.0, "median": 7.0, "p25": 7.0, "p75": 7.0, "min": 7.0, "max": 7.0}
     assert bench.as_int_tuple(8, "batch_sizes") == (8,)
     assert bench.as_int_tuple((8, 16), "batch_sizes") == (8, 16)
     for bad in ("8,16", (8, "x"), (0,), (), True):
@@ -162,7 +163,7 @@ def test_all_modes_with_compare_and_ablation(tmp_path):
         best = train[variant]["best"]
         for key in ("ms_per_step", "tokens_per_sec", "mfu", "peak_memory_gib", "first_loss", "tokens_per_step"):
             assert key in best
-        assert set(best["ms_per_step"]) == {"median", "p25", "p75", "min", "max"}
+        assert set(best["ms_per_step"]) == {"mean", "median", "p25", "p75", "min", "max"}
         assert train[variant]["largest_batch_that_fits"] == 4 and train[variant]["largest_batch_is_lower_bound"]
     assert train["baseline"]["best"]["attention"] == "sdpa" and not train["baseline"]["best"]["fused_loss"]
     assert train["fast"]["best"]["attention"] == "triton"
@@ -197,7 +198,7 @@ def test_all_modes_with_compare_and_ablation(tmp_path):
     assert results["sizing"]["mfu_source"] == "assumed"  # a CPU has no MFU
     assert results["sizing"]["tokens_per_sec_source"] == "measured"
 
-    for heading in ("train (median of timed steps)", "attention (causal", "inference (float32", "sizing"):
+    for heading in ("train (ms/step: the mean of the timed steps)", "attention (causal", "inference (float32", "sizing"):
         assert heading in result.stdout
     assert result.stdout.strip().splitlines()[-1].startswith("fast / baseline tokens/s:")
 
@@ -329,6 +330,31 @@ def test_bench_training_throughput_and_mfu_from_the_step_time(monkeypatch):
     flops_per_token = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=97,
                                     bias=False)).flops_per_token(16)
     assert result["mfu"] == pytest.approx(flops_per_token * result["tokens_per_sec"] / 1e12)
+
+
+def test_bench_measures_fp8_scales_as_train_does_and_counts_the_mean_step(monkeypatch):
+    """With fp8, the first micro-batch of every fp8.SCALE_INTERVAL-th step measures the float8 scales, as in
+    train.py, and tokens/s comes from the mean step, so that the slower measuring steps count. Kills: the median."""
+    import fp8
+    monkeypatch.setattr(fp8, "SCALE_INTERVAL", 2)
+    flags = []
+    real_measure = GPT.measure_fp8_scales
+    monkeypatch.setattr(GPT, "measure_fp8_scales", lambda model, flag: (flags.append(flag), real_measure(model, flag)))
+    step_ms = [10.0, 40.0, 10.0]
+
+    def time_steps(run_step, n, device):
+        for _ in range(n):
+            run_step()
+        return step_ms[:n], 20.0
+
+    monkeypatch.setattr(bench, "time_steps", time_steps)
+    config = load_config(bench.DEFAULTS, ["--n_layer=1", "--n_head=2", "--n_embd=32", "--block_size=16",
+                                          "--vocab_size=97", "--compile=False", "--batch_size=3", "--fp8=True",
+                                          "--gradient_accumulation_steps=2", "--warmup_steps=1", "--timed_steps=3"])
+    result = bench.measure_training(config, "cpu", "float32")
+    assert flags == [True, False, False, False, True, False, False, False]  # steps 0 (warm-up) to 3: 0 and 2
+    assert result["tokens_per_sec"] == pytest.approx(3 * 16 * 2 / 0.020)
+    assert result["ms_per_step"]["mean"] == 20.0 and result["ms_per_step"]["median"] == 10.0
 
 
 def test_bench_training_state_is_the_bytes_adamw_really_keeps():

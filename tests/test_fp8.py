@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import fp8
 import model as model_module
 from fp8 import E4M3, E5M2, UNIT_GRADIENT_SCALE, Float8OutputLayer, fp8_linear, has_float8_tensor_cores, to_float8
 from model import GPT, FusedLinearCrossEntropy, GPTConfig
@@ -53,13 +54,90 @@ def test_fp8_linear_forward_and_backward_match_float64_math_on_the_rounded_opera
 
     check(y, (xq @ wq.t() + bias.double()).reshape(3, 40, 96))
     check(x.grad, (gq @ wq).reshape(3, 40, 64))
-    check(weight.grad, gq.t() @ xq)
+    # the weight's gradient is not rounded to 8 bits: dy^T x in x's dtype (float32 here)
+    check(weight.grad, grad_out.reshape(-1, 96).double().t() @ x.detach().reshape(-1, 64).double())
     check(bias.grad, grad_out.double().sum((0, 1)))
 
     # and against the exact product: 8-bit inputs cost a few percent, never more
     exact = x.detach().double() @ weight.detach().double().t() + bias.detach().double()
     relative_error = (y.double() - exact).norm() / exact.norm()
     assert 1e-4 < relative_error < 0.06
+
+
+def rounded_with(x, scale, dtype):
+    """x rounded to `dtype` with a given scale, saturating, back in float64 (dequantized): the second code path."""
+    largest = torch.finfo(dtype).max
+    return (x.double() * scale).clamp(-largest, largest).to(dtype).double() / scale
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp8_linear_keeps_the_measured_scales_and_reuses_them(device):
+    torch.manual_seed(1)
+    x = torch.randn(48, 64, device=device) * 3
+    weight = torch.randn(96, 64, device=device) * 0.05
+    grad_out = torch.randn(48, 96, device=device) * 1e-3
+    x_scale, gradient_scale = torch.zeros((), device=device), torch.zeros((), device=device)
+
+    def run(x, grad_out, measuring):
+        x, w = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        y = fp8_linear(x, w, scales=(x_scale, gradient_scale), measuring=measuring)
+        y.backward(grad_out)
+        return y, x.grad, w.grad
+
+    # a measuring call stores largest / amax / headroom, and computes with the tensors' own scales
+    y, dx, dw = run(x, grad_out, measuring=True)
+    assert x_scale.item() == pytest.approx(448 / x.abs().max().item() / fp8.X_HEADROOM, rel=1e-6)
+    assert gradient_scale.item() == pytest.approx(57344 / grad_out.abs().max().item() / fp8.GRADIENT_HEADROOM,
+                                                  rel=1e-6)
+    wq = quantized(weight, E4M3)
+    tolerance = 1e-5 if device == "cpu" else 2e-3
+
+    def check(actual, expected):
+        torch.testing.assert_close(actual.double(), expected, rtol=tolerance,
+                                   atol=tolerance * expected.abs().max().item())
+
+    check(y, quantized(x, E4M3) @ wq.t())
+    # the calls after it use the stored scales, and leave them as they are; inputs 8x larger than measured
+    # go past the headroom and saturate at the largest number, finite
+    for factor in (1.0, 8.0):
+        stored = (x_scale.item(), gradient_scale.item())
+        y, dx, dw = run(x * factor, grad_out * factor, measuring=False)
+        assert (x_scale.item(), gradient_scale.item()) == stored
+        assert torch.isfinite(y).all() and torch.isfinite(dx).all()
+        xq = rounded_with(x * factor, x_scale.double(), E4M3)
+        gq = rounded_with(grad_out * factor, gradient_scale.double(), E5M2)
+        check(y, xq @ wq.t())
+        check(dx, gq @ wq)
+        check(dw, (grad_out * factor).double().t() @ (x * factor).double())
+        if factor == 1.0:  # within the headroom nothing saturates: the same values as with the exact scales
+            assert (xq.abs().max() - x.abs().max()).abs() < 0.07 * x.abs().max()
+        else:  # saturated: the largest entries are clipped to 448 / scale
+            assert xq.abs().max().item() == pytest.approx(448 / x_scale.item(), rel=1e-6)
+
+
+def test_gpt_measures_fp8_scales_when_told_and_keeps_them_out_of_the_state_dict():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=32, fp8=True, attention="sdpa"))
+    assert not any("fp8" in key for key in model.state_dict())  # checkpoints and HF export are unchanged
+    idx = torch.randint(0, 64, (2, 16))
+    layers = [m for m in model.modules() if isinstance(m, model_module.Linear)]
+    assert len(layers) == 4 and all(layer.fp8_measuring for layer in layers)  # alone, every call measures
+
+    def step():
+        _, loss = model(idx, idx)
+        loss.backward()
+        return [(layer.fp8_x_scale.item(), layer.fp8_gradient_scale.item()) for layer in layers]
+
+    measured = step()
+    assert all(x != 1.0 and g != 1.0 for x, g in measured)  # both scales written (they start at 1)
+    model.measure_fp8_scales(False)
+    with torch.no_grad():
+        for layer in layers:  # larger activations: a measuring call would store other scales
+            layer.weight.mul_(3)
+    assert step() == measured
+    model.measure_fp8_scales(True)
+    remeasured = step()
+    assert all(new != old for new, old in zip(remeasured, measured))
 
 
 def test_fp8_linear_under_autocast_returns_the_autocast_dtype():

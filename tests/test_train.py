@@ -354,6 +354,27 @@ def test_fused_loss_and_fp8_follow_the_plain_run(char_data_dir, tmp_path):
         assert load_checkpoint(os.path.join(tmp_path / name, "last.pt"))["model_args"][name] is True
 
 
+def test_fp8_scales_are_measured_at_a_process_first_step_then_every_interval(char_data_dir, tmp_path, monkeypatch):
+    """Only the first micro-batch of a measuring step measures; a resumed run measures at its first step too."""
+    import fp8
+    import train
+    from configurator import load_config
+    from model import GPT
+    monkeypatch.setattr(fp8, "SCALE_INTERVAL", 4)
+    measuring = []
+    real = GPT.measure_fp8_scales
+    monkeypatch.setattr(GPT, "measure_fp8_scales", lambda model, flag: (measuring.append(flag), real(model, flag)))
+
+    def run(*flags):
+        measuring.clear()
+        train.train(load_config(train.DEFAULTS, train_flags(char_data_dir, tmp_path, "--fp8=True",
+                                                            "--gradient_accumulation_steps=2", *flags)[1:]))
+        return [i for i, flag in enumerate(measuring) if flag]  # micro-step indices, two per step
+
+    assert run("--max_iters=10", "--eval_interval=5") == [0, 8, 16]  # steps 0, 4, 8
+    assert run("--max_iters=14", "--eval_interval=5", "--init_from=resume") == [0, 4]  # steps 10 and 12
+
+
 def test_bf16_residual_follows_the_bf16_run_and_needs_bf16(char_data_dir, tmp_path):
     flags = ["--max_iters=8", "--eval_interval=8", "--log_interval=1", "--dtype=bfloat16"]
     run_script(train_flags(char_data_dir, tmp_path / "plain", *flags))
