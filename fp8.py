@@ -26,7 +26,8 @@ GPT-2 124M at 0.99x. Two changes make the casts free riders on kernels that run 
    inf or NaN. The training loop says which calls measure (GPT.measure_fp8_scales); a Linear left alone measures
    on every call, which is always right and slower.
 2. dW in bf16 from the saved bf16 x: no transposed copies.
-BENCHMARKS.md has the measurements, speed and loss.
+On one H100 this made GPT-2 124M's baseline step 1.066x faster alone, and a 24 x 2048 model 1.114x (the plain
+recipe: 1.144x there, on another day). BENCHMARKS.md has the measurements, speed and loss.
 """
 
 import torch
@@ -72,7 +73,9 @@ def scaled_matmul(a8, a_inverse_scale, b8, b_inverse_scale, out_dtype):
 
 def cast(x, dtype, stored_scale, measuring, headroom):
     """x in float8: on a measuring call with its own scale, stored (over `headroom`) in stored_scale for the calls
-    after; else with stored_scale. stored_scale None: always x's own scale, nothing stored."""
+    after; else with stored_scale. stored_scale None: always x's own scale, nothing stored. A tensor that is all
+    zeros when measured (a layer initialized to zero, say) stores an enormous scale, and the calls after round it
+    to ~0 until the next measurement."""
     if stored_scale is None:
         return to_float8(x, dtype)
     if measuring:
