@@ -173,7 +173,7 @@ class LayerNorm(nn.Module):
 class Linear(nn.Linear):
     """nn.Linear, or with fp8=True its float8 version (fp8.py) while training; evaluation and generation keep the
     ordinary products (any device, full accuracy). The weights and their names are the same either way: the float8
-    scales kept between steps are not saved (a resumed run measures them again at its first step)."""
+    scales kept between steps stay out of the state_dict (train.py's checkpoints carry them beside it)."""
 
     def __init__(self, in_features, out_features, bias, fp8=False):
         super().__init__(in_features, out_features, bias=bias)
@@ -513,6 +513,16 @@ class GPT(nn.Module):
         for module in self.modules():
             if isinstance(module, Linear):
                 module.fp8 = enabled
+
+    def fp8_scales(self):
+        """The float8 scales the blocks keep between steps (fp8.py), for a checkpoint: {buffer name: value}."""
+        return {name: buffer.detach().cpu().clone() for name, buffer in self.named_buffers()
+                if name.rsplit(".", 1)[-1].startswith("fp8_")}
+
+    def load_fp8_scales(self, scales):
+        buffers = dict(self.named_buffers())
+        for name, value in scales.items():
+            buffers[name].copy_(value)
 
     def measure_fp8_scales(self, measuring):
         """Whether the next training calls of the float8 blocks measure their scales (fp8.py) or reuse the last

@@ -484,7 +484,7 @@ def train(config, passed=None):
         shard_model(model, device)  # before the optimizer is made: it must hold the sharded parameters
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == "float16")
     optimizer = configure_optimizer(model, config, device)
-    step, best_val_loss = 0, float("inf")
+    step, best_val_loss, fp8_scales_restored = 0, float("inf"), False
     if checkpoint is not None:
         # the optimizer state's layout depends on whether FSDP sharded it, not on the --parallel setting alone
         saved_fsdp = checkpoint.get("fsdp", saved.get("parallel") == "fsdp" and checkpoint["world_size"] > 1)
@@ -508,6 +508,10 @@ def train(config, passed=None):
         train_sampler.generator.set_state(checkpoint["data_generator"])
         if checkpoint["world_size"] == world_size:
             set_rng_state(checkpoint["rng_states"][rank], device)
+            fp8_scales = checkpoint.get("fp8_scales") or [None] * world_size  # older checkpoints have none
+            if config["fp8"] and fp8_scales[rank] is not None:
+                model.load_fp8_scales(fp8_scales[rank])
+                fp8_scales_restored = True
         elif master:
             print("warning: resuming on a different number of processes; dropout masks will differ")
         del checkpoint  # free the memory before training
@@ -562,7 +566,7 @@ def train(config, passed=None):
         if metrics_file is not None:
             metrics_file.write(json.dumps(record) + "\n")
 
-    def save(names, step, all_rng_states):
+    def save(names, step, all_rng_states, all_fp8_scales):
         """Write the checkpoint under each of `names`; every process calls this (FSDP gathers), rank 0 writes."""
         if not all_finite(raw_model, world_size):
             raise SystemExit(f"error: weights are not finite at step {step}; not writing {', '.join(names)}")
@@ -573,6 +577,7 @@ def train(config, passed=None):
             "model_args": asdict(raw_model.config), "config": config, "tokenizer": meta["tokenizer"],
             "step": step, "best_val_loss": best_val_loss, "world_size": world_size, "fsdp": fsdp,
             "data_generator": train_sampler.generator.get_state(), "rng_states": all_rng_states,
+            "fp8_scales": all_fp8_scales,
         }
         failure = None
         if master:
@@ -593,11 +598,14 @@ def train(config, passed=None):
         resumed_here = step == start_step and config["init_from"] == "resume" and not config["eval_only"]
         if (step % config["eval_interval"] == 0 or step == config["max_iters"]) and not resumed_here:
             eval_start = time.time()
-            # every process's RNG state goes into the checkpoint, so dropout continues exactly on resume
-            all_rng_states = [rng_state(device)]
+            # every process's RNG state goes into the checkpoint, so dropout continues exactly on resume, and
+            # with fp8 its float8 scales (fp8.py), so the rounding does too
+            local_state = (rng_state(device), raw_model.fp8_scales() if config["fp8"] else None)
+            process_states = [local_state]
             if world_size > 1:
-                all_rng_states = [None] * world_size
-                torch.distributed.all_gather_object(all_rng_states, rng_state(device))
+                process_states = [None] * world_size
+                torch.distributed.all_gather_object(process_states, local_state)
+            all_rng_states, all_fp8_scales = zip(*process_states)
             if master and step == start_step:  # the first estimate can take minutes on a CPU: say what is going on
                 print(f"step {step}: estimating train and val loss over {config['eval_iters']} batches each...",
                       flush=True)
@@ -619,7 +627,7 @@ def train(config, passed=None):
             # last.pt at every eval is where --init_from=resume continues; best.pt keeps the lowest val loss
             names = ((["best.pt"] if improved else []) + ["last.pt"]) if step > 0 else []
             if names and not config["eval_only"]:
-                save(names, step, all_rng_states)
+                save(names, step, list(all_rng_states), list(all_fp8_scales))
             if world_size > 1:
                 torch.distributed.barrier()  # nobody runs ahead while rank 0 writes
             t0 += time.time() - eval_start  # the step timings below leave out evaluation and checkpoints
@@ -638,8 +646,10 @@ def train(config, passed=None):
         step_loss = torch.zeros((), device=device)
         for micro_step in range(local_accum):
             last = micro_step == local_accum - 1
-            if config["fp8"]:  # the float8 scales: measured at this process's first step, then every SCALE_INTERVAL
-                raw_model.measure_fp8_scales(micro_step == 0 and (step == start_step or step % SCALE_INTERVAL == 0))
+            if config["fp8"]:  # the float8 scales: measured every SCALE_INTERVAL steps, and at the first step of a
+                # process that has none (a resumed run continues with those in the checkpoint)
+                first = step == start_step and not fp8_scales_restored
+                raw_model.measure_fp8_scales(micro_step == 0 and (first or step % SCALE_INTERVAL == 0))
             with gradient_sync(model, fsdp, world_size, enabled=last):
                 with autocast:
                     if teacher_model is None:

@@ -355,7 +355,8 @@ def test_fused_loss_and_fp8_follow_the_plain_run(char_data_dir, tmp_path):
 
 
 def test_fp8_scales_are_measured_at_a_process_first_step_then_every_interval(char_data_dir, tmp_path, monkeypatch):
-    """Only the first micro-batch of a measuring step measures; a resumed run measures at its first step too."""
+    """Only the first micro-batch of a measuring step measures; a resumed run continues with the checkpoint's
+    scales, and one without them (an older checkpoint) measures at its first step."""
     import fp8
     import train
     from configurator import load_config
@@ -372,7 +373,27 @@ def test_fp8_scales_are_measured_at_a_process_first_step_then_every_interval(cha
         return [i for i, flag in enumerate(measuring) if flag]  # micro-step indices, two per step
 
     assert run("--max_iters=10", "--eval_interval=5") == [0, 8, 16]  # steps 0, 4, 8
-    assert run("--max_iters=14", "--eval_interval=5", "--init_from=resume") == [0, 4]  # steps 10 and 12
+    assert run("--max_iters=14", "--eval_interval=5", "--init_from=resume") == [4]  # step 12
+    checkpoint = load_checkpoint(os.path.join(tmp_path, "last.pt"))
+    assert len(checkpoint["fp8_scales"]) == 1 and len(checkpoint["fp8_scales"][0]) == 2 * 4 * 2  # layers x Linears x 2
+    del checkpoint["fp8_scales"]
+    torch.save(checkpoint, os.path.join(tmp_path, "last.pt"))
+    assert run("--max_iters=18", "--eval_interval=5", "--init_from=resume") == [0, 4]  # steps 14 and 16
+
+
+def test_resume_with_fp8_is_exact(char_data_dir, tmp_path):
+    """The float8 scales (measured at step 0, kept through step 8) travel in the checkpoint: bitwise equal weights."""
+    flags = ["--fp8=True", "--eval_interval=4"]
+    run_script(train_flags(char_data_dir, tmp_path / "straight", "--max_iters=8", *flags))
+    run_script(train_flags(char_data_dir, tmp_path / "split", "--max_iters=4", *flags))
+    run_script(train_flags(char_data_dir, tmp_path / "split", "--max_iters=8", "--init_from=resume", *flags))
+    straight = load_checkpoint(os.path.join(tmp_path / "straight", "last.pt"))
+    resumed = load_checkpoint(os.path.join(tmp_path / "split", "last.pt"))
+    for name, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    assert straight["fp8_scales"][0].keys() == resumed["fp8_scales"][0].keys()
+    for name, scale in straight["fp8_scales"][0].items():
+        assert torch.equal(scale, resumed["fp8_scales"][0][name]) and scale.item() != 1.0, name  # 1: never measured
 
 
 def test_bf16_residual_follows_the_bf16_run_and_needs_bf16(char_data_dir, tmp_path):
