@@ -16,10 +16,11 @@ writes them for machines, after each section, so a run cut short keeps what it m
 
 How it measures
 - Training: a fresh model and optimizer per measurement (torch.compile with static shapes, as a real run gets),
-  `warmup_steps` untimed optimizer steps (compilation happens there), then `timed_steps` steps. On CUDA each step
-  is timed between events recorded on the stream at step boundaries, so time the GPU spends waiting for the host
-  counts. Reported: the mean step, the median and the spread (min, max), tokens/s = tokens per step / mean step
-  (the mean, so that fp8's scale-measuring steps, one in fp8.SCALE_INTERVAL, count for what they cost),
+  `warmup_steps` untimed optimizer steps (compilation happens there; with fp8 at least 2, since its second step
+  compiles a second graph), then `timed_steps` steps. On CUDA each step is timed between events recorded on the
+  stream at step boundaries, so time the GPU spends waiting for the host counts. Reported: the mean step, the
+  median and the spread (min, max), tokens/s = tokens per step / mean step (the mean, so that fp8's
+  scale-measuring steps, one in fp8.SCALE_INTERVAL, count for what they cost),
   MFU = GPT.flops_per_token() x tokens/s / the GPU's peak (model.peak_flops), and peak memory
   (torch.cuda.max_memory_allocated over the timed steps). Micro-batches are tried smallest first; the first one
   that runs out of memory ends the sweep, and the fastest that fit is the variant's result.
@@ -89,14 +90,14 @@ weight_decay = 1e-1
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0  # as train.py: clipping is part of a real step
-warmup_steps = 3  # untimed steps first; compilation happens in the first
+warmup_steps = 3  # untimed steps first; compilation happens in the first (with fp8 the first two: at least 2)
 timed_steps = 32  # a multiple of fp8.SCALE_INTERVAL: with fp8, the measuring steps are their share of the mean
 data_dir = ""  # a prepare.py folder: real tokens through train.py's loader (and its stall measured); '' = random
 profile = False  # train, CUDA: after timing, profile 2 steps and print the GPU kernels that took the most time
 # the fast variant (--compare) and the levers (--ablate)
 fast_attention = "triton"
 fast_compile_mode = "default"
-fast_fp8 = True  # the fast variant with fp8 (GPUs with float8 tensor cores): the blocks in float8, scales every 16 steps
+fast_fp8 = True  # the fast variant with fp8 (GPUs with float8 tensor cores): the blocks' products in float8
 fast_fp8_lm_head = True  # the fast variant with fp8_lm_head (GPUs with float8 tensor cores; BENCHMARKS.md)
 fast_bf16_residual = True  # the fast variant with bf16_residual (dtype bfloat16): 1.06-1.07x at 124M
 ablate_compile_modes = "reduce-overhead"  # comma-separated; max-autotune-no-cudagraphs takes minutes to compile
@@ -284,17 +285,17 @@ class LoaderBatches:
 
 
 def train_step(model, optimizer, scaler, next_batch, accumulation_steps, autocast, grad_clip, cudagraphs,
-               measure_fp8_scales=None):
+               fp8_measuring_step=None):
     """One optimizer step as train.py takes it: gradient accumulation with the next micro-batch fetched while the
-    GPU works on this one, then train.optimizer_step (clipping, AdamW). measure_fp8_scales: with fp8, whether the
-    first micro-batch measures the float8 scales (None: fp8 off). Returns the step's loss as a device tensor
-    (no sync)."""
+    GPU works on this one, then train.optimizer_step (clipping, AdamW). fp8_measuring_step: with fp8, whether the
+    first micro-batch measures the float8 scales (fp8.measuring_step; None: fp8 off). Returns the step's loss as a
+    device tensor (no sync)."""
     from train import optimizer_step
     x, y = next_batch()
     step_loss = torch.zeros((), device=x.device)
     for micro_step in range(accumulation_steps):
-        if measure_fp8_scales is not None:
-            model.measure_fp8_scales(measure_fp8_scales and micro_step == 0)
+        if fp8_measuring_step is not None:
+            model.measure_fp8_scales(fp8_measuring_step and micro_step == 0)
         if cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()  # CUDA-graph modes: a new iteration begins here
         with autocast:
@@ -334,7 +335,7 @@ def time_steps(run_step, n_steps, device):
 def measure_training(settings, device, dtype):
     """Time `timed_steps` optimizer steps of a fresh model built from `settings`, after `warmup_steps` untimed
     ones. Returns a flat dict of measurements (see the module docstring for what each one means)."""
-    from fp8 import SCALE_INTERVAL
+    from fp8 import measuring_step
     from model import mfu, resolve_attention
     from train import autocast_context
     B, T, accumulation = settings["batch_size"], settings["block_size"], settings["gradient_accumulation_steps"]
@@ -349,19 +350,20 @@ def measure_training(settings, device, dtype):
     cudagraphs = compiled and settings["compile_mode"] in ("reduce-overhead", "max-autotune")
     synthetic = SyntheticBatches(model.config.vocab_size, B, T, accumulation, settings["seed"], device)
     loader = LoaderBatches(settings["data_dir"], B, T, settings["seed"], device) if settings["data_dir"] else None
-    last_loss, steps_taken = [], [0]
+    last_loss, steps_taken = [], 0
 
     def step(next_batch):
-        # with fp8, as train.py: the float8 scales measured at the first step, then every SCALE_INTERVAL steps
-        measure = steps_taken[0] % SCALE_INTERVAL == 0 if settings["fp8"] else None
+        nonlocal steps_taken
+        measuring = measuring_step(steps_taken, has_scales=steps_taken > 0) if settings["fp8"] else None
         last_loss[:] = [train_step(step_model, optimizer, scaler, next_batch, accumulation, autocast,
-                                   settings["grad_clip"], cudagraphs, measure)]
-        steps_taken[0] += 1
+                                   settings["grad_clip"], cudagraphs, measuring)]
+        steps_taken += 1
 
     t0 = time.perf_counter()
     step(loader or synthetic)  # compiles
     first_loss = last_loss[0].item()
-    for _ in range(settings["warmup_steps"] - 1):
+    # with fp8 the second step compiles the graph that reuses the scales: it must not be timed
+    for _ in range(max(settings["warmup_steps"], 2 if settings["fp8"] else 1) - 1):
         step(loader or synthetic)
     if loader:
         step(synthetic)  # the other batch source may differ in strides: any recompile happens here, untimed
@@ -908,7 +910,8 @@ def train_rows(trials):
             continue
         ms = t["ms_per_step"]
         rows.append([t["variant"], t["batch_size"], f"{ms['mean']:.1f}", f"{ms['median']:.1f}",
-                     f"{ms['min']:.1f}-{ms['max']:.1f}", f"{t['tokens_per_sec']:,.0f}", percent(t["mfu"]), gib(t["peak_memory_gib"]),
+                     f"{ms['min']:.1f}-{ms['max']:.1f}", f"{t['tokens_per_sec']:,.0f}", percent(t["mfu"]),
+                     gib(t["peak_memory_gib"]),
                      f"{t['vs_baseline']:.3f}x" if "vs_baseline" in t else
                      (f"{t['loader_stall_ms_per_step']:+.2f} ms" if "loader_stall_ms_per_step" in t else "")])
     return rows

@@ -8,7 +8,7 @@ Linear layers with `GPTConfig(fp8=True)` (train.py / bench.py `--fp8=True`):
 
 - forward:       y  = x @ W^T      x and W in e4m3 (3 mantissa bits, range +-448)
 - backward:      dx = dy @ W       dy in e5m2 (2 mantissa bits, range +-57344: gradients span more decades)
-                 dW = dy^T @ x     in bf16 (the autocast dtype), as without fp8
+                 dW = dy^T @ x     in the autocast dtype (bf16), as without fp8; without autocast in x's
 
 Each float8 operand is x * scale rounded to 8 bits, one scale per tensor, and the product is divided by the scales
 again; the tensor cores sum in float32, or close to it (Hopper's float8 units keep a few bits fewer:
@@ -23,8 +23,8 @@ GPT-2 124M at 0.99x. Two changes make the casts free riders on kernels that run 
    amax pass, as above) and are stored, divided by some headroom; the calls between reuse them, so the cast to 8 bits
    needs nothing but the tensor and torch.compile fuses it into the kernel that makes the tensor (layer norm, GELU,
    the residual gradient). A value beyond the stored range saturates at the format's largest number: bounded, never
-   inf or NaN. The training loop says which calls measure (GPT.measure_fp8_scales); a Linear left alone measures
-   on every call, which is always right and slower.
+   inf or NaN. The training loop says which calls measure (GPT.measure_fp8_scales, on the steps `measuring_step`
+   picks); a Linear left alone measures on every call, which is always right and slower.
 2. dW in bf16 from the saved bf16 x: no transposed copies.
 On one H100 this made GPT-2 124M's baseline step 1.066x faster alone, and a 24 x 2048 model 1.114x (the plain
 recipe: 1.144x there, on another day). BENCHMARKS.md has the measurements, speed and loss.
@@ -51,11 +51,13 @@ def has_float8_tensor_cores(device):
 
 def to_float8(x, dtype):
     """(x scaled and rounded to `dtype`, the inverse of the scale): x ~= x8.float() * inverse_scale."""
-    largest = torch.finfo(dtype).max
+    return to_float8_with_scale(x, own_scale(x, dtype), dtype)
+
+
+def own_scale(x, dtype):
+    """The scale that maps x's largest magnitude to the largest number of `dtype`."""
     amax = x.detach().abs().amax().float()
-    scale = largest / torch.clamp(amax, min=1e-12)  # an all-zero tensor keeps a finite scale
-    x8 = (x.float() * scale).clamp(-largest, largest).to(dtype)
-    return x8, scale.reciprocal()
+    return torch.finfo(dtype).max / torch.clamp(amax, min=1e-12)  # an all-zero tensor keeps a finite scale
 
 
 def to_float8_with_scale(x, scale, dtype):
@@ -71,38 +73,49 @@ def scaled_matmul(a8, a_inverse_scale, b8, b_inverse_scale, out_dtype):
                             scale_b=b_inverse_scale, out_dtype=out_dtype)
 
 
-def cast(x, dtype, stored_scale, measuring, headroom):
-    """x in float8: on a measuring call with its own scale, stored (over `headroom`) in stored_scale for the calls
-    after; else with stored_scale. stored_scale None: always x's own scale, nothing stored. A tensor that is all
-    zeros when measured (a layer initialized to zero, say) stores an enormous scale, and the calls after round it
-    to ~0 until the next measurement."""
-    if stored_scale is None:
-        return to_float8(x, dtype)
-    if measuring:
-        x8, inverse_scale = to_float8(x, dtype)
-        stored_scale.copy_(inverse_scale.reciprocal() / headroom)
-        return x8, inverse_scale
-    return to_float8_with_scale(x, stored_scale, dtype)
+def to_float8_stored(x, dtype, stored_scale, measuring, headroom):
+    """x in float8 for the blocks: on a measuring call with x's own scale, which is also kept (over `headroom`) in
+    stored_scale for the calls after; else with stored_scale. stored_scale None: x's own scale, nothing kept."""
+    if stored_scale is not None and not measuring:
+        return to_float8_with_scale(x, stored_scale, dtype)
+    scale = own_scale(x, dtype)
+    if stored_scale is not None:
+        # a tensor with an inf or NaN (a float16 overflow, which GradScaler skips) or all zeros says nothing about
+        # the next ones: the scale measured before it stays
+        amax = x.detach().abs().amax().float()
+        usable = torch.isfinite(amax) & (amax > 0)
+        stored_scale.copy_(torch.where(usable, scale / headroom, stored_scale))
+    return to_float8_with_scale(x, scale, dtype)
+
+
+def measuring_step(step, has_scales):
+    """Whether optimizer step `step` measures the blocks' float8 scales (on its first micro-batch): every
+    SCALE_INTERVAL steps, and whenever the model has none yet (a process's first step, unless they came from a
+    checkpoint). train.py and bench.py both follow this."""
+    return not has_scales or step % SCALE_INTERVAL == 0
 
 
 class Float8Matmul(torch.autograd.Function):
-    """x (M, K) @ weight (N, K)^T -> (M, N) in out_dtype, with the float8 backward above. x_scale and
-    gradient_scale: 0-d float32 tensors that keep the scales between calls (or None); measuring: see `cast`."""
+    """x (M, K) @ weight (N, K)^T -> (M, N) in out_dtype, with the backward above. x_scale and gradient_scale: 0-d
+    float32 tensors that keep the scales between calls (or None); measuring: see `to_float8_stored`."""
 
     @staticmethod
     def forward(ctx, x, weight, x_scale, gradient_scale, measuring, out_dtype):
-        x8, x_inverse_scale = cast(x, E4M3, x_scale, measuring, X_HEADROOM)
+        x8, x_inverse_scale = to_float8_stored(x, E4M3, x_scale, measuring, X_HEADROOM)
         w8, w_inverse_scale = to_float8(weight, E4M3)  # the weight is small: its own scale every call
-        # dW = dy^T x is computed in out_dtype from this copy (what F.linear under autocast keeps too)
+        # dW = dy^T x is computed in out_dtype from this copy (what F.linear under autocast keeps too). The
+        # gradient's scale goes in as an input, though only backward uses it, so that torch.compile sees the
+        # buffer that backward writes on a measuring call as one of the graph's inputs
         ctx.save_for_backward(x.to(out_dtype), w8, w_inverse_scale, gradient_scale)
-        ctx.measuring, ctx.input_dtypes = measuring, (x.dtype, weight.dtype)
+        ctx.measuring = measuring
+        ctx.input_dtypes = (x.dtype, weight.dtype)
         return scaled_matmul(x8, x_inverse_scale, w8.t(), w_inverse_scale, out_dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, w8, w_inverse_scale, gradient_scale = ctx.saved_tensors
         x_dtype, w_dtype = ctx.input_dtypes
-        g8, g_inverse_scale = cast(grad_out, E5M2, gradient_scale, ctx.measuring, GRADIENT_HEADROOM)
+        g8, g_inverse_scale = to_float8_stored(grad_out, E5M2, gradient_scale, ctx.measuring, GRADIENT_HEADROOM)
         grad_x = scaled_matmul(g8, g_inverse_scale, w8, w_inverse_scale, grad_out.dtype)
         grad_w = grad_out.to(x.dtype).t() @ x
         return grad_x.to(x_dtype), grad_w.to(w_dtype), None, None, None, None

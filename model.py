@@ -520,14 +520,15 @@ class GPT(nn.Module):
                 if name.rsplit(".", 1)[-1].startswith("fp8_")}
 
     def load_fp8_scales(self, scales):
+        """Put back what fp8_scales() returned (train.py, on resume)."""
         buffers = dict(self.named_buffers())
         for name, value in scales.items():
             buffers[name].copy_(value)
 
     def measure_fp8_scales(self, measuring):
         """Whether the next training calls of the float8 blocks measure their scales (fp8.py) or reuse the last
-        ones. The training loops measure on the first micro-batch of a process and then every
-        fp8.SCALE_INTERVAL steps; under torch.compile each setting is its own graph, compiled once."""
+        ones. The training loops measure on the first micro-batch of the steps fp8.measuring_step picks; under
+        torch.compile each setting is its own graph, compiled once."""
         for module in self.modules():
             if isinstance(module, Linear):
                 module.fp8_measuring = measuring

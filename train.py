@@ -382,7 +382,7 @@ def train(config, passed=None):
     None counts every key as passed, so that `config` is taken as it is."""
     from checkpoint import TEMP_SUFFIX, CheckpointWriteError, load_checkpoint, save_checkpoint, unwritable_folder
     from configurator import format_config
-    from fp8 import SCALE_INTERVAL
+    from fp8 import measuring_step
     from model import mfu
     from prepare import left_by_a_killed_process, open_split, read_meta
     from tokenizer import describe_spec, load_tokenizer
@@ -535,7 +535,9 @@ def train(config, passed=None):
         model = torch.compile(model)
     if world_size > 1 and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[local_rank] if device.startswith("cuda") else None)
+        # the model's only buffers are fp8's scales: each process keeps those it measured (as under FSDP2) and
+        # they go into the checkpoint per process, so DDP need not broadcast rank 0's before every step
+        model = DDP(model, device_ids=[local_rank] if device.startswith("cuda") else None, broadcast_buffers=False)
     autocast = autocast_context(device, dtype)
 
     hellaswag_items = None
@@ -646,10 +648,9 @@ def train(config, passed=None):
         step_loss = torch.zeros((), device=device)
         for micro_step in range(local_accum):
             last = micro_step == local_accum - 1
-            if config["fp8"]:  # the float8 scales: measured every SCALE_INTERVAL steps, and at the first step of a
-                # process that has none (a resumed run continues with those in the checkpoint)
-                first = step == start_step and not fp8_scales_restored
-                raw_model.measure_fp8_scales(micro_step == 0 and (first or step % SCALE_INTERVAL == 0))
+            if config["fp8"]:  # the first micro-batch of a measuring step measures the float8 scales (fp8.py)
+                has_scales = step > start_step or fp8_scales_restored
+                raw_model.measure_fp8_scales(micro_step == 0 and measuring_step(step, has_scales))
             with gradient_sync(model, fsdp, world_size, enabled=last):
                 with autocast:
                     if teacher_model is None:

@@ -99,7 +99,7 @@ def test_fp8_linear_keeps_the_measured_scales_and_reuses_them(device):
     check(y, quantized(x, E4M3) @ wq.t())
     # the calls after it use the stored scales, and leave them as they are; inputs 8x larger than measured
     # go past the headroom and saturate at the largest number, finite
-    for factor in (1.0, 8.0):
+    for factor in (1.0, 16.0):  # 16: past both headrooms (2 for x, 8 for the gradient)
         stored = (x_scale.item(), gradient_scale.item())
         y, dx, dw = run(x * factor, grad_out * factor, measuring=False)
         assert (x_scale.item(), gradient_scale.item()) == stored
@@ -109,10 +109,38 @@ def test_fp8_linear_keeps_the_measured_scales_and_reuses_them(device):
         check(y, xq @ wq.t())
         check(dx, gq @ wq)
         check(dw, (grad_out * factor).double().t() @ (x * factor).double())
-        if factor == 1.0:  # within the headroom nothing saturates: the same values as with the exact scales
-            assert (xq.abs().max() - x.abs().max()).abs() < 0.07 * x.abs().max()
-        else:  # saturated: the largest entries are clipped to 448 / scale
+        if factor == 1.0:  # within the headroom nothing saturates
+            assert (x.abs() * x_scale < 448).all() and (grad_out.abs() * gradient_scale < 57344).all()
+        else:  # saturated: the largest entries are clipped to the format's largest number over the scale
             assert xq.abs().max().item() == pytest.approx(448 / x_scale.item(), rel=1e-6)
+            assert gq.abs().max().item() == pytest.approx(57344 / gradient_scale.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", ["inf", "nan", "zeros"])
+def test_a_measurement_of_a_nonfinite_or_zero_tensor_keeps_the_scale_before_it(bad):
+    """A float16 overflow (inf or NaN, a step GradScaler skips) or an all-zero tensor would store a scale of 0, NaN
+    or ~1e14, and the calls until the next measurement would compute garbage; the earlier scale stays instead."""
+    torch.manual_seed(2)
+    x, weight, grad_out = torch.randn(32, 64), torch.randn(48, 64) * 0.05, torch.randn(32, 48) * 1e-3
+    scales = (torch.zeros(()), torch.zeros(()))
+    fp8_linear(x.requires_grad_(), weight, scales=scales, measuring=True).backward(grad_out)
+    good = (scales[0].item(), scales[1].item())
+    broken = {"inf": float("inf"), "nan": float("nan"), "zeros": 0.0}[bad]
+    bad_x = x.detach().clone().fill_(0.0) if bad == "zeros" else x.detach().clone()
+    bad_x[3, 5] = broken
+    bad_grad = grad_out.clone()
+    bad_grad[7, 2] = broken
+    if bad == "zeros":
+        bad_grad.zero_()
+    fp8_linear(bad_x.requires_grad_(), weight, scales=scales, measuring=True).backward(bad_grad)
+    assert (scales[0].item(), scales[1].item()) == good
+    xr = x.detach().clone().requires_grad_()
+    y = fp8_linear(xr, weight, scales=scales, measuring=False)
+    y.backward(grad_out)
+    exact = x.detach().double() @ weight.double().t()
+    assert (y.double() - exact).norm() / exact.norm() < 0.06
+    exact_dx = grad_out.double() @ weight.double()
+    assert (xr.grad.double() - exact_dx).norm() / exact_dx.norm() < 0.12
 
 
 def test_gpt_measures_fp8_scales_when_told_and_keeps_them_out_of_the_state_dict():
@@ -137,7 +165,34 @@ def test_gpt_measures_fp8_scales_when_told_and_keeps_them_out_of_the_state_dict(
     assert step() == measured
     model.measure_fp8_scales(True)
     remeasured = step()
-    assert all(new != old for new, old in zip(remeasured, measured))
+    assert all(new[1] != old[1] for new, old in zip(remeasured, measured))  # every gradient grew
+    # the inputs of both output projections grew (the others come from layer norms, which the weights do not change)
+    assert remeasured[1][0] != measured[1][0] and remeasured[3][0] != measured[3][0]
+    model.eval()  # evaluation and generation use the ordinary products and leave the scales alone
+    with torch.no_grad():
+        model(idx, idx)
+    assert [(layer.fp8_x_scale.item(), layer.fp8_gradient_scale.item()) for layer in layers] == remeasured
+
+
+def test_compiled_fp8_steps_keep_the_same_scales_and_gradients_as_eager():
+    """Under torch.compile the scale buffers are written inside the graph, in forward and in backward: a run of
+    measuring and reusing steps must leave the buffers and gradients that eager PyTorch leaves."""
+    torch.manual_seed(3)
+    config = GPTConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=32, fp8=True, attention="sdpa")
+    eager = GPT(config)
+    compiled_model = GPT(config)
+    compiled_model.load_state_dict(eager.state_dict())
+    compiled = torch.compile(compiled_model)
+    idx = torch.randint(0, 64, (2, 16))
+    for measuring, loss_factor in ((True, 1.0), (False, 1.0), (False, 5.0), (True, 5.0), (False, 1.0)):
+        for model, run in ((eager, eager), (compiled_model, compiled)):
+            model.measure_fp8_scales(measuring)
+            model.zero_grad()
+            (run(idx, idx)[1] * loss_factor).backward()
+        for (name, a), (_, b) in zip(eager.named_buffers(), compiled_model.named_buffers()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=0, msg=name)
+        for (name, a), (_, b) in zip(eager.named_parameters(), compiled_model.named_parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-6, msg=name)
 
 
 def test_fp8_linear_under_autocast_returns_the_autocast_dtype():
@@ -242,19 +297,25 @@ def test_gpt_with_fp8_trains_like_the_full_precision_model():
     fp8_model.load_state_dict(reference.state_dict())
     fp8_head_model = GPT(GPTConfig(**config, fused_loss=True, fp8_lm_head=True))
     fp8_head_model.load_state_dict(reference.state_dict())
+    fp8_reused_model = GPT(GPTConfig(**config, fp8=True))  # measuring every 4th step, as the training loops do
+    fp8_reused_model.load_state_dict(reference.state_dict())
     data = torch.randint(0, 97, (8, 33))
     x, y = data[:, :-1], data[:, 1:]
     losses = {}
-    for name, model in (("reference", reference), ("fp8", fp8_model), ("fp8_lm_head", fp8_head_model)):
+    models = (("reference", reference), ("fp8", fp8_model), ("fp8_lm_head", fp8_head_model),
+              ("fp8_reused", fp8_reused_model))
+    for name, model in models:
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
         losses[name] = []
-        for _ in range(25):
+        for step in range(25):
+            if name == "fp8_reused":
+                model.measure_fp8_scales(step % 4 == 0)
             _, loss = model(x, y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses[name].append(loss.item())
-    for name in ("fp8", "fp8_lm_head"):
+    for name in ("fp8", "fp8_lm_head", "fp8_reused"):
         assert losses[name][-1] < losses[name][0] - 1.0  # it learns (memorizes the batch)
         assert max(abs(a - b) for a, b in zip(losses[name], losses["reference"])) < 0.1
     # evaluation uses the ordinary products: the same weights give the same logits
