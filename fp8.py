@@ -51,13 +51,13 @@ def has_float8_tensor_cores(device):
 
 def to_float8(x, dtype):
     """(x scaled and rounded to `dtype`, the inverse of the scale): x ~= x8.float() * inverse_scale."""
-    return to_float8_with_scale(x, own_scale(x, dtype), dtype)
+    return to_float8_with_scale(x, own_scale(x, dtype)[0], dtype)
 
 
 def own_scale(x, dtype):
-    """The scale that maps x's largest magnitude to the largest number of `dtype`."""
+    """(the scale that maps x's largest magnitude to the largest number of `dtype`, that magnitude)."""
     amax = x.detach().abs().amax().float()
-    return torch.finfo(dtype).max / torch.clamp(amax, min=1e-12)  # an all-zero tensor keeps a finite scale
+    return torch.finfo(dtype).max / torch.clamp(amax, min=1e-12), amax  # all zeros: still a finite scale
 
 
 def to_float8_with_scale(x, scale, dtype):
@@ -78,11 +78,10 @@ def to_float8_stored(x, dtype, stored_scale, measuring, headroom):
     stored_scale for the calls after; else with stored_scale. stored_scale None: x's own scale, nothing kept."""
     if stored_scale is not None and not measuring:
         return to_float8_with_scale(x, stored_scale, dtype)
-    scale = own_scale(x, dtype)
+    scale, amax = own_scale(x, dtype)
     if stored_scale is not None:
         # a tensor with an inf or NaN (a float16 overflow, which GradScaler skips) or all zeros says nothing about
         # the next ones: the scale measured before it stays
-        amax = x.detach().abs().amax().float()
         usable = torch.isfinite(amax) & (amax > 0)
         stored_scale.copy_(torch.where(usable, scale / headroom, stored_scale))
     return to_float8_with_scale(x, scale, dtype)
