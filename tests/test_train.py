@@ -122,9 +122,8 @@ def test_fsdp_resume_is_exact(char_data_dir, tmp_path):
     assert result.returncode != 0 and "written without FSDP sharding" in result.stderr
 
 
-def test_resume_is_exact(char_data_dir, tmp_path):
-    """N steps straight == N/2 steps, stop, resume for N/2: bitwise equal weights (dropout on, so RNG state matters)."""
-    flags = ["--dropout=0.1", "--eval_interval=4"]
+def straight_and_resumed(char_data_dir, tmp_path, flags):
+    """The last.pt of 8 steps straight and of 4 steps, stop, resume for 4; their weights must be bitwise equal."""
     run_script(train_flags(char_data_dir, tmp_path / "straight", "--max_iters=8", *flags))
     run_script(train_flags(char_data_dir, tmp_path / "split", "--max_iters=4", *flags))
     run_script(train_flags(char_data_dir, tmp_path / "split", "--max_iters=8", "--init_from=resume", *flags))
@@ -133,6 +132,13 @@ def test_resume_is_exact(char_data_dir, tmp_path):
     assert straight["step"] == resumed["step"] == 8
     for name, tensor in straight["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), name
+    return straight, resumed
+
+
+def test_resume_is_exact(char_data_dir, tmp_path):
+    """N steps straight == N/2 steps, stop, resume for N/2: bitwise equal weights (dropout on, so RNG state matters)."""
+    flags = ["--dropout=0.1", "--eval_interval=4"]
+    straight_and_resumed(char_data_dir, tmp_path, flags)
     assert logged_losses(tmp_path / "straight") == logged_losses(tmp_path / "split")
     # eval_only on a finished run: one more estimate, the same numbers, and the checkpoint left alone
     mtime = os.path.getmtime(os.path.join(tmp_path / "split", "last.pt"))
@@ -383,14 +389,7 @@ def test_fp8_scales_are_measured_at_a_process_first_step_then_every_interval(cha
 
 def test_resume_with_fp8_is_exact(char_data_dir, tmp_path):
     """The float8 scales (measured at step 0, kept through step 8) travel in the checkpoint: bitwise equal weights."""
-    flags = ["--fp8=True", "--eval_interval=4"]
-    run_script(train_flags(char_data_dir, tmp_path / "straight", "--max_iters=8", *flags))
-    run_script(train_flags(char_data_dir, tmp_path / "split", "--max_iters=4", *flags))
-    run_script(train_flags(char_data_dir, tmp_path / "split", "--max_iters=8", "--init_from=resume", *flags))
-    straight = load_checkpoint(os.path.join(tmp_path / "straight", "last.pt"))
-    resumed = load_checkpoint(os.path.join(tmp_path / "split", "last.pt"))
-    for name, tensor in straight["model"].items():
-        assert torch.equal(tensor, resumed["model"][name]), name
+    straight, resumed = straight_and_resumed(char_data_dir, tmp_path, ["--fp8=True", "--eval_interval=4"])
     assert straight["fp8_scales"][0].keys() == resumed["fp8_scales"][0].keys()
     for name, scale in straight["fp8_scales"][0].items():
         assert torch.equal(scale, resumed["fp8_scales"][0][name]) and scale.item() != 1.0, name  # 1: never measured
