@@ -97,7 +97,7 @@ def test_fp8_linear_keeps_the_measured_scales_and_reuses_them(device):
                                    atol=tolerance * expected.abs().max().item())
 
     check(y, quantized(x, E4M3) @ wq.t())
-    # the calls after it use the stored scales, and leave them as they are; inputs 8x larger than measured
+    # the calls after it use the stored scales, and leave them as they are; inputs 16x larger than measured
     # go past the headroom and saturate at the largest number, finite
     for factor in (1.0, 16.0):  # 16: past both headrooms (2 for x, 8 for the gradient)
         stored = (x_scale.item(), gradient_scale.item())

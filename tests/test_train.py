@@ -360,7 +360,7 @@ def test_fused_loss_and_fp8_follow_the_plain_run(char_data_dir, tmp_path):
         assert load_checkpoint(os.path.join(tmp_path / name, "last.pt"))["model_args"][name] is True
 
 
-def test_fp8_scales_are_measured_at_a_process_first_step_then_every_interval(char_data_dir, tmp_path, monkeypatch):
+def test_fp8_scales_are_measured_at_the_first_step_then_every_interval(char_data_dir, tmp_path, monkeypatch):
     """Only the first micro-batch of a measuring step measures; a resumed run continues with the checkpoint's
     scales, and one without them (an older checkpoint) measures at its first step."""
     import fp8
