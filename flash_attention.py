@@ -38,7 +38,7 @@ loop never visits it (about half the FLOPs). Tiles entirely to the left need no 
 straddle the diagonal (and the ragged last tile when T is not a multiple of the block) pay for masking. That is
 why each loop below is split into an unmasked part and a masked part.
 
-Backward. With dO the gradient of O and delta_i = rowsum(dO_i * O_i) (computed by the preprocess kernel):
+Backward. With dO the gradient of O and delta_i = rowsum(dO_i * O_i):
 
     P  = exp(S - LSE)         recomputed tile by tile, never stored
     dV = P^T dO
@@ -48,15 +48,16 @@ Backward. With dO the gradient of O and delta_i = rowsum(dO_i * O_i) (computed b
     dK = scale * dS^T Q
 
 dK and dV for a key tile are sums over all query rows, and dQ for a query tile is a sum over all key columns. To
-avoid atomics (and so be deterministic), each program of the backward kernel does both halves, FA2-style:
-first it holds one key/value tile and loops over query tiles accumulating dK, dV; then it holds one query tile and
-loops over key tiles accumulating dQ. Each sum lives in one program's registers, so plain stores suffice. In causal
-mode the first half visits T - n0 rows and the second n0 + BLOCK columns, so every program does about the same work.
-The price is recomputing S and dP in the second half (7 matrix products per tile pair instead of 5). Adding dQ
-from the first half with atomics instead was measured on an H100, as per-element atomics and as TMA bulk
-reductions: slower at the GPT-2 shape, 2.8% faster at D=128 (BENCHMARKS.md, fourth session). At D=128 the two
-halves run as two launches of the same kernel instead, each with the tiles that suit it (WITH_DKDV, WITH_DQ):
-6-7% faster there, since one kernel's registers must hold the larger half's accumulators (fifth session).
+avoid atomics (and so be deterministic), the backward is two kernels, each owning one of the sums (FA2-style):
+  1. _attn_bwd_dq: one program per query tile holds it and loops over the key tiles, accumulating dQ. It computes
+     its rows' delta first, from its tiles of O and dO, and stores it for the second kernel.
+  2. _attn_bwd_dkdv: one program per key/value tile holds it and loops over the query tiles, accumulating dK, dV.
+     It needs delta for every query row it visits, which is why the dQ kernel runs first.
+Each sum lives in one program's registers, so plain stores suffice, and each kernel gets the tile sizes that suit
+it. The price is computing S and dP in both kernels (7 matrix products per tile pair instead of 5). Adding dQ from
+the dK/dV loop with atomics instead was measured on an H100, as per-element atomics and as TMA bulk reductions:
+slower at the GPT-2 shape, 2.8% faster at D=128 (BENCHMARKS.md, fourth session). Computing delta inside the dQ
+kernel replaced a preprocess kernel that read all of O and dO once more (fifteenth session).
 
 Not here: one decoding step against a KV cache (flash_decode.py, built on the same online softmax); and, handled by
 model.py, attention dropout, cached attention of several new queries at once (T_q != T_k, T_q > 1), head dims
@@ -208,29 +209,6 @@ def _attn_fwd(Q, K, V, O, LSE, qk_scale,
 
 
 @triton.jit
-def _attn_bwd_preprocess(O, DO, Delta,
-                         stride_ob, stride_oh, stride_ot, stride_od,
-                         stride_dob, stride_doh, stride_dot, stride_dod,
-                         H, T, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
-    # delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij: the per-row term of the softmax backward. Computed once here
-    # because the dK/dV loop needs it for every query row it visits. Program (tile, bh) on a 1-D grid, tiles fastest.
-    n_tiles = tl.cdiv(T, BLOCK_M)
-    pid_m = tl.program_id(0) % n_tiles
-    off_bh = tl.program_id(0) // n_tiles
-    off_b = (off_bh // H).to(tl.int64)
-    off_h = (off_bh % H).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    rows = (offs_m < T)[:, None]
-    o = tl.load(O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od,
-                mask=rows, other=0.0)
-    do = tl.load(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dot
-                 + offs_d[None, :] * stride_dod, mask=rows, other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
-    tl.store(Delta + off_bh.to(tl.int64) * T + offs_m, delta, mask=offs_m < T)
-
-
-@triton.jit
 def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qt, stride_dot, offs_m, offs_n,
                          T, lo, hi, qk_scale,
                          BLOCK_M: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
@@ -287,89 +265,103 @@ def _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_
 
 
 @triton.jit
-def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, Delta, qk_scale, sm_scale,
-              stride_qb, stride_qh, stride_qt, stride_qd,
-              stride_kb, stride_kh, stride_kt, stride_kd,
-              stride_vb, stride_vh, stride_vt, stride_vd,
-              stride_dob, stride_doh, stride_dot, stride_dod,
-              stride_gb, stride_gh, stride_gt, stride_gd,  # dq, dk, dv: allocated alike, so one set of strides
-              H, T,
-              HEAD_DIM: tl.constexpr, BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr,
-              BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr, CAUSAL: tl.constexpr,
-              INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-              WITH_DKDV: tl.constexpr, WITH_DQ: tl.constexpr):
-    # Program (pid, bh) computes dK, dV for key tile pid (BLOCK_N1 keys), then dQ for query tile pid (BLOCK_M2 rows).
-    # WITH_DKDV and WITH_DQ choose the halves: both, or one each when the halves are launched as two kernels.
-    tl.static_assert(BLOCK_N1 % BLOCK_M1 == 0)  # diagonal of a key tile starts and ends on query-tile boundaries
-    tl.static_assert(BLOCK_M2 % BLOCK_N2 == 0)  # diagonal of a query tile starts and ends on key-tile boundaries
-    tl.static_assert(not (WITH_DKDV and WITH_DQ) or BLOCK_N1 == BLOCK_M2)  # one grid covers both halves
-    # a 1-D grid, tiles fastest (a grid's second axis holds at most 65535 programs: B x H can be more)
-    n_tiles = tl.cdiv(T, BLOCK_N1 if WITH_DKDV else BLOCK_M2)
-    pid = tl.program_id(0) % n_tiles
+def _tile_and_head(T, H, BLOCK: tl.constexpr):
+    # The backward kernels' program -> (tile, batch x head) map: a 1-D grid, tiles fastest (a grid's second axis
+    # holds at most 65535 programs, and B x H can be more).
+    n_tiles = tl.cdiv(T, BLOCK)
     off_bh = tl.program_id(0) // n_tiles
-    off_b = (off_bh // H).to(tl.int64)
-    off_h = (off_bh % H).to(tl.int64)
-    Q += off_b * stride_qb + off_h * stride_qh
-    K += off_b * stride_kb + off_h * stride_kh
-    V += off_b * stride_vb + off_h * stride_vh
-    DO += off_b * stride_dob + off_h * stride_doh
+    return tl.program_id(0) % n_tiles, off_bh, (off_bh // H).to(tl.int64), (off_bh % H).to(tl.int64)
+
+
+@triton.jit
+def _attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, qk_scale, sm_scale,
+                 stride_qb, stride_qh, stride_qt, stride_qd,
+                 stride_kb, stride_kh, stride_kt, stride_kd,
+                 stride_vb, stride_vh, stride_vt, stride_vd,
+                 stride_ob, stride_oh, stride_ot, stride_od,
+                 stride_dob, stride_doh, stride_dot, stride_dod,
+                 stride_gb, stride_gh, stride_gt, stride_gd,
+                 H, T,
+                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                 INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # dQ for the queries [start_m, start_m + BLOCK_M); stores their delta for _attn_bwd_dkdv.
+    tl.static_assert(BLOCK_M % BLOCK_N == 0)  # diagonal of a query tile starts and ends on key-tile boundaries
+    pid, off_bh, off_b, off_h = _tile_and_head(T, H, BLOCK_M)
+    start_m = pid * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows_in = offs_m < T
+    q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd,
+                mask=rows_in[:, None], other=0.0)
+    do = tl.load(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dot
+                 + offs_d[None, :] * stride_dod, mask=rows_in[:, None], other=0.0)
+    o = tl.load(O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od,
+                mask=rows_in[:, None], other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(Delta + off_bh.to(tl.int64) * T + offs_m, delta, mask=rows_in)
+    lse = tl.load(LSE + off_bh.to(tl.int64) * T + offs_m, mask=rows_in, other=0.0)
+
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    offs_n = tl.arange(0, BLOCK_N)
+    k_ptrs = K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd
+    v_ptrs = V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd
+    masked_lo, masked_hi = _masked_key_range(start_m, T, BLOCK_M, BLOCK_N, CAUSAL)  # as in the forward
+    dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n, T,
+                            0, masked_lo, qk_scale, BLOCK_N, False, CAUSAL, INPUT_PRECISION, UPCAST)
+    dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n, T,
+                            masked_lo, masked_hi, qk_scale, BLOCK_N, True, CAUSAL, INPUT_PRECISION, UPCAST)
+    g_ptrs = DQ + off_b * stride_gb + off_h * stride_gh + offs_m[:, None] * stride_gt + offs_d[None, :] * stride_gd
+    tl.store(g_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=rows_in[:, None])
+
+
+@triton.jit
+def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, Delta, qk_scale, sm_scale,
+                   stride_qb, stride_qh, stride_qt, stride_qd,
+                   stride_kb, stride_kh, stride_kt, stride_kd,
+                   stride_vb, stride_vh, stride_vt, stride_vd,
+                   stride_dob, stride_doh, stride_dot, stride_dod,
+                   stride_gb, stride_gh, stride_gt, stride_gd,  # dk, dv: allocated alike, so one set of strides
+                   H, T,
+                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                   INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # dK, dV for the keys [start_n, start_n + BLOCK_N), reading the delta _attn_bwd_dq stored.
+    tl.static_assert(BLOCK_N % BLOCK_M == 0)  # diagonal of a key tile starts and ends on query-tile boundaries
+    pid, off_bh, off_b, off_h = _tile_and_head(T, H, BLOCK_N)
+    start_n = pid * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    keys_in = (offs_n < T)[:, None]
+    k = tl.load(K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd,
+                mask=keys_in, other=0.0)
+    v = tl.load(V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd,
+                mask=keys_in, other=0.0)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    offs_m = tl.arange(0, BLOCK_M)
+    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd
+    do_ptrs = (DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dot
+               + offs_d[None, :] * stride_dod)
     LSE += off_bh.to(tl.int64) * T
     Delta += off_bh.to(tl.int64) * T
-    grad_base = off_b * stride_gb + off_h * stride_gh
-    offs_d = tl.arange(0, HEAD_DIM)
-
-    if WITH_DKDV:
-        # ---- dK, dV for keys [start_n, start_n + BLOCK_N1)
-        start_n = pid * BLOCK_N1
-        offs_n = start_n + tl.arange(0, BLOCK_N1)
-        keys_in = (offs_n < T)[:, None]
-        k = tl.load(K + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd, mask=keys_in, other=0.0)
-        v = tl.load(V + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd, mask=keys_in, other=0.0)
-        dk = tl.zeros([BLOCK_N1, HEAD_DIM], dtype=tl.float32)
-        dv = tl.zeros([BLOCK_N1, HEAD_DIM], dtype=tl.float32)
-        offs_m1 = tl.arange(0, BLOCK_M1)
-        q_ptrs = Q + offs_m1[:, None] * stride_qt + offs_d[None, :] * stride_qd
-        do_ptrs = DO + offs_m1[:, None] * stride_dot + offs_d[None, :] * stride_dod
-        if CAUSAL:
-            # Queries above this key tile cannot see it: start at its diagonal, which straddles rows
-            # [start_n, start_n + BLOCK_N1) and is masked; every row below it sees the whole tile.
-            dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, Delta, stride_qt, stride_dot, offs_m1,
-                                          offs_n, T, start_n, tl.minimum(start_n + BLOCK_N1, T), qk_scale,
-                                          BLOCK_M1, True, CAUSAL, INPUT_PRECISION, UPCAST)
-            full_lo = start_n + BLOCK_N1
-        else:
-            full_lo = 0
-        full_hi = (T // BLOCK_M1) * BLOCK_M1  # whole query tiles inside [0, T)
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, Delta, stride_qt, stride_dot, offs_m1, offs_n,
-                                      T, full_lo, full_hi, qk_scale, BLOCK_M1, False, CAUSAL, INPUT_PRECISION, UPCAST)
-        # The ragged last query tile, if T % BLOCK_M1 != 0 and the diagonal part did not already cover it.
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, Delta, stride_qt, stride_dot, offs_m1, offs_n,
-                                      T, tl.maximum(full_lo, full_hi), T, qk_scale, BLOCK_M1, True, CAUSAL,
-                                      INPUT_PRECISION, UPCAST)
-        g_ptrs = grad_base + offs_n[:, None] * stride_gt + offs_d[None, :] * stride_gd
-        tl.store(DV + g_ptrs, dv.to(DV.dtype.element_ty), mask=keys_in)
-        tl.store(DK + g_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=keys_in)
-
-    if WITH_DQ:
-        # ---- dQ for queries [start_m, start_m + BLOCK_M2)
-        start_m = pid * BLOCK_M2
-        offs_m = start_m + tl.arange(0, BLOCK_M2)
-        rows_in = offs_m < T
-        q = tl.load(Q + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd, mask=rows_in[:, None], other=0.0)
-        do = tl.load(DO + offs_m[:, None] * stride_dot + offs_d[None, :] * stride_dod, mask=rows_in[:, None], other=0.0)
-        lse = tl.load(LSE + offs_m, mask=rows_in, other=0.0)
-        delta = tl.load(Delta + offs_m, mask=rows_in, other=0.0)
-        dq = tl.zeros([BLOCK_M2, HEAD_DIM], dtype=tl.float32)
-        offs_n2 = tl.arange(0, BLOCK_N2)
-        k_ptrs = K + offs_n2[:, None] * stride_kt + offs_d[None, :] * stride_kd
-        v_ptrs = V + offs_n2[:, None] * stride_vt + offs_d[None, :] * stride_vd
-        masked_lo, masked_hi = _masked_key_range(start_m, T, BLOCK_M2, BLOCK_N2, CAUSAL)  # as in the forward
-        dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n2, T,
-                                0, masked_lo, qk_scale, BLOCK_N2, False, CAUSAL, INPUT_PRECISION, UPCAST)
-        dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n2, T,
-                                masked_lo, masked_hi, qk_scale, BLOCK_N2, True, CAUSAL, INPUT_PRECISION, UPCAST)
-        g_ptrs = grad_base + offs_m[:, None] * stride_gt + offs_d[None, :] * stride_gd
-        tl.store(DQ + g_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=rows_in[:, None])
+    if CAUSAL:
+        # Queries above this key tile cannot see it: start at its diagonal, which straddles rows
+        # [start_n, start_n + BLOCK_N) and is masked; every row below it sees the whole tile.
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, Delta, stride_qt, stride_dot, offs_m,
+                                      offs_n, T, start_n, tl.minimum(start_n + BLOCK_N, T), qk_scale,
+                                      BLOCK_M, True, CAUSAL, INPUT_PRECISION, UPCAST)
+        full_lo = start_n + BLOCK_N
+    else:
+        full_lo = 0
+    full_hi = (T // BLOCK_M) * BLOCK_M  # whole query tiles inside [0, T)
+    dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, Delta, stride_qt, stride_dot, offs_m, offs_n,
+                                  T, full_lo, full_hi, qk_scale, BLOCK_M, False, CAUSAL, INPUT_PRECISION, UPCAST)
+    # The ragged last query tile, if T % BLOCK_M != 0 and the diagonal part did not already cover it.
+    dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, Delta, stride_qt, stride_dot, offs_m, offs_n,
+                                  T, tl.maximum(full_lo, full_hi), T, qk_scale, BLOCK_M, True, CAUSAL,
+                                  INPUT_PRECISION, UPCAST)
+    g_ptrs = off_b * stride_gb + off_h * stride_gh + offs_n[:, None] * stride_gt + offs_d[None, :] * stride_gd
+    tl.store(DV + g_ptrs, dv.to(DV.dtype.element_ty), mask=keys_in)
+    tl.store(DK + g_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=keys_in)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -379,30 +371,26 @@ def _attn_bwd(Q, K, V, DO, DQ, DK, DV, LSE, Delta, qk_scale, sm_scale,
 # fwd = (BLOCK_M, BLOCK_N, num_warps, num_stages, GROUP_HEADS). GROUP_HEADS is the forward's launch order (see
 # _attn_fwd): against the old order (1), 32 made the GPT-2 shape's forward 3-4% faster and 8 the D=128 shape's 2-7%
 # (H100, BENCHMARKS.md, fifth session).
-# bwd = (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2, num_warps, num_stages) for one kernel doing both halves, or
-# ((BLOCK_M1, BLOCK_N1, num_warps, num_stages), (BLOCK_M2, BLOCK_N2, num_warps, num_stages)) for two kernels.
+# dq, dkdv = (BLOCK_M, BLOCK_N, num_warps, num_stages) of the backward's two kernels: BLOCK_M query rows and
+# BLOCK_N keys per tile.
 
 _GPU_CONFIGS = {
-    # fp16/bf16, by head dim. At D=128 the backward's two BLOCK_N1 x D fp32 accumulators (dK, dV) crowd the
-    # registers: with 4 warps ptxas spills them, and even the 8-warp one-kernel backward spilled 44 bytes on the H100
-    # (BENCHMARKS.md, fourth session), which is why D=128 runs the halves as two kernels.
-    16: {"fwd": (64, 64, 4, 3, 32), "bwd": (16, 64, 64, 64, 4, 3)},
-    32: {"fwd": (64, 64, 4, 3, 32), "bwd": (16, 64, 64, 64, 4, 3)},
-    64: {"fwd": (64, 64, 4, 3, 32), "bwd": (16, 64, 64, 64, 4, 3)},
-    # D=128: the two halves of the backward as two kernels, each with its own tiles and register budget: 2.00 ms
-    # against 2.12-2.16 for the one-kernel (64, 128, 128, 64, 8, 2) (H100, scripts/backward_split.py, fifth session).
-    # At D=64 one kernel stays faster (0.270 against 0.284 ms).
-    128: {"fwd": (128, 64, 8, 4, 8), "bwd": ((64, 128, 8, 2), (128, 64, 8, 3))},
+    # fp16/bf16, by head dim. At D=128 dK/dV's two BLOCK_N x D fp32 accumulators crowd the registers: with 4 warps
+    # ptxas spills them (BENCHMARKS.md, fourth session), hence 8.
+    16: {"fwd": (64, 64, 4, 3, 32), "dq": (64, 64, 4, 3), "dkdv": (32, 64, 4, 3)},
+    32: {"fwd": (64, 64, 4, 3, 32), "dq": (64, 64, 4, 3), "dkdv": (32, 64, 4, 3)},
+    64: {"fwd": (64, 64, 4, 3, 32), "dq": (64, 64, 4, 3), "dkdv": (32, 64, 4, 3)},
+    128: {"fwd": (128, 64, 8, 4, 8), "dq": (128, 64, 8, 3), "dkdv": (64, 128, 8, 2)},
 }
 # fp32 runs on the CUDA cores (input_precision="ieee", so fp32 really is fp32, not tf32). Its blocked layouts hold
 # more per thread, so tiles are small and warps many: the largest that ptxas fits without spilling (not timed).
 _GPU_FP32_CONFIGS = {
-    64: {"fwd": (64, 32, 8, 2, 1), "bwd": (16, 64, 64, 16, 8, 2)},  # D <= 64
-    128: {"fwd": (32, 16, 8, 2, 1), "bwd": (16, 32, 32, 16, 8, 2)},
+    64: {"fwd": (64, 32, 8, 2, 1), "dq": (64, 16, 8, 2), "dkdv": (16, 64, 8, 2)},  # D <= 64
+    128: {"fwd": (32, 16, 8, 2, 1), "dq": (32, 16, 8, 2), "dkdv": (16, 32, 8, 2)},
 }
 # In the interpreter, small tiles give tiny test shapes several tiles, a diagonal and a ragged tail to get right.
 # Heads in groups of 4 there, so that the tests' B x H (often not a multiple of 4) meets a short last group.
-_INTERPRETER_CONFIG = {"fwd": (32, 16, 4, 1, 4), "bwd": (16, 32, 32, 16, 4, 1)}
+_INTERPRETER_CONFIG = {"fwd": (32, 16, 4, 1, 4), "dq": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1)}
 
 
 def _interpreting():
@@ -460,34 +448,27 @@ def _forward(q, k, v, causal, softmax_scale, config=None):
 
 
 def _backward(dout, q, k, v, out, lse, causal, softmax_scale, config=None, grads=None):
-    """Launch the delta preprocess and the backward kernel(s). Returns dq, dk, dv (B, H, T, D), each stored as
-    (B, T, H, D) whatever q's strides (see _new_output_like), or written into `grads`, three (B, H, T, D) views
-    with one set of strides (flash_attention_qkv's slices of one gradient)."""
+    """Launch the two backward kernels, dQ (which stores delta) before dK/dV (which reads it). Returns dq, dk, dv
+    (B, H, T, D), each stored as (B, T, H, D) whatever q's strides (see _new_output_like), or written into `grads`,
+    three (B, H, T, D) views with one set of strides (flash_attention_qkv's slices of one gradient)."""
     B, H, T, D = q.shape
-    bwd = (config or _config(D, q.dtype, q.device))["bwd"]
+    config = config or _config(D, q.dtype, q.device)
     dq, dk, dv = grads if grads is not None else (_new_output_like(q), _new_output_like(q), _new_output_like(q))
     if B * H * T == 0:
         return dq, dk, dv
     delta = _new_output((B, H, T), q, torch.float32)
-    pre_block = 64
-    _attn_bwd_preprocess[(triton.cdiv(T, pre_block) * B * H,)](out, dout, delta, *out.stride(), *dout.stride(), H, T,
-                                                               HEAD_DIM=D, BLOCK_M=pre_block)
     input_precision, upcast = _kernel_flags(q.dtype)
-    if len(bwd) == 6:  # one kernel, both halves: (M1, N1, M2, N2, warps, stages)
-        m1, n1, m2, n2, num_warps, num_stages = bwd
-        launches = [((True, True), n1, (m1, n1, m2, n2), num_warps, num_stages)]
-    else:  # two kernels, dK/dV then dQ, each with its tiles: ((M1, N1, warps, stages), (M2, N2, warps, stages))
-        (m1, n1, warps1, stages1), (m2, n2, warps2, stages2) = bwd
-        # the tile sizes of the half a kernel skips only have to pass the static asserts
-        launches = [((True, False), n1, (m1, n1, n1, m1), warps1, stages1),
-                    ((False, True), m2, (n2, m2, m2, n2), warps2, stages2)]
-    for (with_dkdv, with_dq), tile, (block_m1, block_n1, block_m2, block_n2), num_warps, num_stages in launches:
-        _attn_bwd[(triton.cdiv(T, tile) * B * H,)](
-            q, k, v, dout, dq, dk, dv, lse, delta, softmax_scale * LOG2_E, softmax_scale,
-            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), H, T,
-            HEAD_DIM=D, BLOCK_M1=block_m1, BLOCK_N1=block_n1, BLOCK_M2=block_m2, BLOCK_N2=block_n2,
-            CAUSAL=causal, INPUT_PRECISION=input_precision, UPCAST=upcast, WITH_DKDV=with_dkdv, WITH_DQ=with_dq,
-            num_warps=num_warps, num_stages=num_stages)
+    flags = dict(HEAD_DIM=D, CAUSAL=causal, INPUT_PRECISION=input_precision, UPCAST=upcast)
+    block_m, block_n, num_warps, num_stages = config["dq"]
+    _attn_bwd_dq[(triton.cdiv(T, block_m) * B * H,)](
+        q, k, v, out, dout, dq, lse, delta, softmax_scale * LOG2_E, softmax_scale,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dq.stride(), H, T,
+        BLOCK_M=block_m, BLOCK_N=block_n, **flags, num_warps=num_warps, num_stages=num_stages)
+    block_m, block_n, num_warps, num_stages = config["dkdv"]
+    _attn_bwd_dkdv[(triton.cdiv(T, block_n) * B * H,)](
+        q, k, v, dout, dk, dv, lse, delta, softmax_scale * LOG2_E, softmax_scale,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), H, T,
+        BLOCK_M=block_m, BLOCK_N=block_n, **flags, num_warps=num_warps, num_stages=num_stages)
     return dq, dk, dv
 
 
@@ -748,17 +729,22 @@ def sweep(B, H, T, D, dtype=torch.bfloat16, causal=True):
     q, k, v, dout = (torch.randn(B, H, T, D, device="cuda", dtype=dtype) for _ in range(4))
     scale, flops = D ** -0.5, attention_flops(B, H, T, D, causal)
     out, lse = _forward(q, k, v, causal, scale)
-    dq, _, _ = _backward(dout, q, k, v, out, lse, causal, scale)
+    grads = _backward(dout, q, k, v, out, lse, causal, scale)
     print(f"shape B={B} H={H} T={T} D={D} {str(dtype)[6:]} causal={causal}; default config {_config(D, dtype, q.device)}")
     for cfg in _SWEEP_FWD[D]:
         _time_config(f"fwd {cfg}", lambda: _forward(q, k, v, causal, scale, {"fwd": cfg})[0], flops, out)
-    for cfg in _SWEEP_BWD[D]:
-        _time_config(f"bwd {cfg}", lambda: _backward(dout, q, k, v, out, lse, causal, scale, {"bwd": cfg})[0],
-                     2.5 * flops, dq)
+    # each backward kernel's candidates run with the other kernel's default config: the differences are the swept one's
+    default = _config(D, dtype, q.device)
+    for index, kernel in ((0, "dq"), (1, "dkdv")):  # compared with the default's dq, dk
+        for cfg in _SWEEP_BWD[kernel][D]:
+            config = {**default, kernel: cfg}
+            _time_config(f"bwd, {kernel} {cfg}",
+                         lambda: _backward(dout, q, k, v, out, lse, causal, scale, config)[index], 2.5 * flops,
+                         grads[index])
 
 
-# Candidates for the sweep, by head dim: fwd (BLOCK_M, BLOCK_N, warps, stages, GROUP_HEADS); bwd (M1, N1, M2, N2,
-# warps, stages).
+# Candidates for the sweep, by head dim: fwd (BLOCK_M, BLOCK_N, warps, stages, GROUP_HEADS); the backward's dq and
+# dkdv (BLOCK_M, BLOCK_N, warps, stages).
 # Pre-screened without a GPU by compiling for sm_90 and reading registers and spills (cuobjdump -res-usage); the
 # dev machine's newer Triton allocates registers differently from the GPU's, so that screen is only rough.
 _SWEEP_FWD = {
@@ -770,12 +756,14 @@ _SWEEP_FWD = {
           (128, 64, 8, 4, 4)],
 }
 _SWEEP_BWD = {
-    64: [(16, 64, 64, 64, 4, 3), (16, 64, 64, 32, 4, 3), (32, 64, 64, 32, 4, 3), (16, 64, 64, 16, 4, 3),
-         (16, 64, 64, 32, 4, 4), (16, 64, 64, 32, 4, 2), (16, 128, 128, 32, 8, 3),
-         (32, 128, 128, 32, 4, 5), (32, 128, 128, 32, 4, 3), (32, 128, 128, 32, 8, 3), (32, 64, 64, 64, 4, 3),
-         (16, 64, 64, 64, 4, 4), (16, 128, 128, 64, 8, 3)],
-    128: [((64, 128, 8, 2), (128, 64, 8, 3)), (64, 128, 128, 64, 8, 2), (32, 128, 128, 32, 8, 2),
-          (16, 128, 128, 32, 8, 3), (32, 64, 64, 32, 4, 2), (64, 128, 128, 64, 8, 3)],
+    "dq": {64: [(64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3), (128, 32, 8, 3), (64, 16, 4, 3), (64, 64, 4, 4),
+                (128, 128, 8, 3)],
+           128: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (128, 128, 8, 2), (128, 32, 8, 3),
+                 (64, 32, 4, 3)]},
+    "dkdv": {64: [(32, 64, 4, 3), (16, 64, 4, 3), (32, 64, 4, 4), (32, 128, 8, 3), (16, 128, 8, 3),
+                  (64, 128, 8, 3), (32, 128, 4, 3)],
+             128: [(64, 128, 8, 2), (32, 128, 8, 2), (64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 3),
+                   (32, 64, 4, 3), (16, 128, 8, 2)]},
 }
 
 
