@@ -108,13 +108,7 @@ def test_fsdp_gathers_the_weights_once_a_step_however_many_micro_steps(tmp_path)
 
 def test_fsdp_resume_is_exact(char_data_dir, tmp_path):
     flags = ["--eval_interval=3", "--parallel=fsdp"]
-    torchrun(*train_flags(char_data_dir, tmp_path / "straight", "--max_iters=6", *flags))
-    torchrun(*train_flags(char_data_dir, tmp_path / "split", "--max_iters=3", *flags))
-    torchrun(*train_flags(char_data_dir, tmp_path / "split", "--max_iters=6", "--init_from=resume", *flags))
-    straight = load_checkpoint(os.path.join(tmp_path / "straight", "last.pt"))
-    resumed = load_checkpoint(os.path.join(tmp_path / "split", "last.pt"))
-    for name, tensor in straight["model"].items():
-        assert torch.equal(tensor, resumed["model"][name]), name
+    straight_and_resumed(char_data_dir, tmp_path, flags, steps=6, distributed=True)
     # a one-process run with --parallel=fsdp shards nothing, so its optimizer state cannot resume under FSDP
     run_script(train_flags(char_data_dir, tmp_path / "single", "--max_iters=3", *flags))
     result = torchrun(*train_flags(char_data_dir, tmp_path / "single", "--max_iters=6", "--init_from=resume", *flags),
@@ -122,17 +116,35 @@ def test_fsdp_resume_is_exact(char_data_dir, tmp_path):
     assert result.returncode != 0 and "written without FSDP sharding" in result.stderr
 
 
-def straight_and_resumed(char_data_dir, tmp_path, flags):
-    """The last.pt of 8 steps straight and of 4 steps, stop, resume for 4; their weights must be bitwise equal."""
-    run_script(train_flags(char_data_dir, tmp_path / "straight", "--max_iters=8", *flags))
-    run_script(train_flags(char_data_dir, tmp_path / "split", "--max_iters=4", *flags))
-    run_script(train_flags(char_data_dir, tmp_path / "split", "--max_iters=8", "--init_from=resume", *flags))
+def test_fsdp_resume_with_fp8_is_exact(char_data_dir, tmp_path):
+    """Under FSDP2 each process keeps its own float8 scales; the checkpoint carries both, and a resumed run goes on
+    with them: bitwise equal weights."""
+    flags = ["--eval_interval=3", "--parallel=fsdp", "--fp8=True"]
+    straight, resumed = straight_and_resumed(char_data_dir, tmp_path, flags, steps=6, distributed=True)
+    assert_same_measured_fp8_scales(straight, resumed, processes=2)
+
+
+def straight_and_resumed(char_data_dir, tmp_path, flags, steps=8, distributed=False):
+    """The last.pt of `steps` steps straight and of steps/2, stop, resume for steps/2; their weights must be bitwise
+    equal. distributed: each run is two gloo processes under torchrun."""
+    launch = (lambda args: torchrun(*args)) if distributed else run_script
+    launch(train_flags(char_data_dir, tmp_path / "straight", f"--max_iters={steps}", *flags))
+    launch(train_flags(char_data_dir, tmp_path / "split", f"--max_iters={steps // 2}", *flags))
+    launch(train_flags(char_data_dir, tmp_path / "split", f"--max_iters={steps}", "--init_from=resume", *flags))
     straight = load_checkpoint(os.path.join(tmp_path / "straight", "last.pt"))
     resumed = load_checkpoint(os.path.join(tmp_path / "split", "last.pt"))
-    assert straight["step"] == resumed["step"] == 8
+    assert straight["step"] == resumed["step"] == steps
     for name, tensor in straight["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), name
     return straight, resumed
+
+
+def assert_same_measured_fp8_scales(straight, resumed, processes):
+    assert len(straight["fp8_scales"]) == len(resumed["fp8_scales"]) == processes
+    for straight_scales, resumed_scales in zip(straight["fp8_scales"], resumed["fp8_scales"]):
+        assert straight_scales.keys() == resumed_scales.keys()
+        for name, scale in straight_scales.items():
+            assert torch.equal(scale, resumed_scales[name]) and scale.item() != 1.0, name  # 1: never measured
 
 
 def test_resume_is_exact(char_data_dir, tmp_path):
@@ -390,9 +402,7 @@ def test_fp8_scales_are_measured_at_the_first_step_then_every_interval(char_data
 def test_resume_with_fp8_is_exact(char_data_dir, tmp_path):
     """The float8 scales (measured at step 0, kept through step 8) travel in the checkpoint: bitwise equal weights."""
     straight, resumed = straight_and_resumed(char_data_dir, tmp_path, ["--fp8=True", "--eval_interval=4"])
-    assert straight["fp8_scales"][0].keys() == resumed["fp8_scales"][0].keys()
-    for name, scale in straight["fp8_scales"][0].items():
-        assert torch.equal(scale, resumed["fp8_scales"][0][name]) and scale.item() != 1.0, name  # 1: never measured
+    assert_same_measured_fp8_scales(straight, resumed, processes=1)
 
 
 def test_bf16_residual_follows_the_bf16_run_and_needs_bf16(char_data_dir, tmp_path):
