@@ -48,7 +48,7 @@ Backward. With dO the gradient of O and delta_i = rowsum(dO_i * O_i):
     dK = scale * dS^T Q
 
 dK and dV for a key tile are sums over all query rows, and dQ for a query tile is a sum over all key columns. To
-avoid atomics (and so be deterministic), the backward is two kernels, each owning one of the sums (FA2-style):
+avoid atomics (and so be deterministic), the backward is two kernels, each owning one of the sums:
   1. _attn_bwd_dq: one program per query tile holds it and loops over the key tiles, accumulating dQ. It computes
      its rows' delta first, from its tiles of O and dO, and stores it for the second kernel.
   2. _attn_bwd_dkdv: one program per key/value tile holds it and loops over the query tiles, accumulating dK, dV.
@@ -209,6 +209,89 @@ def _attn_fwd(Q, K, V, O, LSE, qk_scale,
 
 
 @triton.jit
+def _tile_and_head(T, H, BLOCK: tl.constexpr):
+    # The backward kernels' program -> (tile, batch x head) map: a 1-D grid, tiles fastest (a grid's second axis
+    # holds at most 65535 programs, and B x H can be more). Returns the tile, the flat batch x head index, and the
+    # batch and head as int64 (B*H*T*D can pass 2**31 elements; within a head _check_inputs keeps offsets in int32).
+    n_tiles = tl.cdiv(T, BLOCK)
+    off_bh = tl.program_id(0) // n_tiles
+    return tl.program_id(0) % n_tiles, off_bh.to(tl.int64), (off_bh // H).to(tl.int64), (off_bh % H).to(tl.int64)
+
+
+@triton.jit
+def _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n, T, lo, hi,
+                       qk_scale,
+                       BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+                       INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # For one query tile, add the contributions of key columns [lo, hi) to dQ.
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        k = _load_tile(k_ptrs + start_n * stride_kt, cols, T, MASKED)
+        v = _load_tile(v_ptrs + start_n * stride_vt, cols, T, MASKED)
+        s = _dot(q, tl.trans(k), None, INPUT_PRECISION, UPCAST) * qk_scale
+        p = tl.exp2(s - lse[:, None])
+        if MASKED:
+            visible = (cols < T)[None, :]
+            if CAUSAL:
+                visible = visible & (offs_m[:, None] >= cols[None, :])
+            p = tl.where(visible, p, 0.0)
+        dp = _dot(do, tl.trans(v), None, INPUT_PRECISION, UPCAST)
+        ds = p * (dp - delta[:, None])
+        dq = _dot(ds.to(k.dtype), k, dq, INPUT_PRECISION, UPCAST)  # dQ += dS K
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, qk_scale, sm_scale,
+                 stride_qb, stride_qh, stride_qt, stride_qd,
+                 stride_kb, stride_kh, stride_kt, stride_kd,
+                 stride_vb, stride_vh, stride_vt, stride_vd,
+                 stride_ob, stride_oh, stride_ot, stride_od,
+                 stride_dob, stride_doh, stride_dot, stride_dod,
+                 stride_dqb, stride_dqh, stride_dqt, stride_dqd,
+                 H, T,
+                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                 INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # dQ for the queries [start_m, start_m + BLOCK_M), and their delta, stored for _attn_bwd_dkdv.
+    tl.static_assert(BLOCK_M % BLOCK_N == 0)  # diagonal of a query tile starts and ends on key-tile boundaries
+    pid, off_bh, off_b, off_h = _tile_and_head(T, H, BLOCK_M)
+    Q += off_b * stride_qb + off_h * stride_qh
+    K += off_b * stride_kb + off_h * stride_kh
+    V += off_b * stride_vb + off_h * stride_vh
+    O += off_b * stride_ob + off_h * stride_oh
+    DO += off_b * stride_dob + off_h * stride_doh
+    DQ += off_b * stride_dqb + off_h * stride_dqh
+    LSE += off_bh * T
+    Delta += off_bh * T
+
+    start_m = pid * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows_in = (offs_m < T)[:, None]
+    q = tl.load(Q + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd, mask=rows_in, other=0.0)
+    do = tl.load(DO + offs_m[:, None] * stride_dot + offs_d[None, :] * stride_dod, mask=rows_in, other=0.0)
+    o = tl.load(O + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od, mask=rows_in, other=0.0)
+    # delta_i = rowsum(dO_i * O_i) = sum_j P_ij dP_ij, the per-row term of the softmax backward: this program holds
+    # its rows of dO anyway, so O's rows are the only extra read.
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(Delta + offs_m, delta, mask=offs_m < T)
+    lse = tl.load(LSE + offs_m, mask=offs_m < T, other=0.0)
+
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    offs_n = tl.arange(0, BLOCK_N)
+    k_ptrs = K + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd
+    v_ptrs = V + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd
+    masked_lo, masked_hi = _masked_key_range(start_m, T, BLOCK_M, BLOCK_N, CAUSAL)  # as in the forward
+    dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n, T,
+                            0, masked_lo, qk_scale, BLOCK_N, False, CAUSAL, INPUT_PRECISION, UPCAST)
+    dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n, T,
+                            masked_lo, masked_hi, qk_scale, BLOCK_N, True, CAUSAL, INPUT_PRECISION, UPCAST)
+    tl.store(DQ + offs_m[:, None] * stride_dqt + offs_d[None, :] * stride_dqd, (dq * sm_scale).to(DQ.dtype.element_ty),
+             mask=rows_in)
+
+
+@triton.jit
 def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stride_qt, stride_dot, offs_m, offs_n,
                          T, lo, hi, qk_scale,
                          BLOCK_M: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
@@ -241,80 +324,6 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, lse_ptr, delta_ptr, stri
 
 
 @triton.jit
-def _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n, T, lo, hi,
-                       qk_scale,
-                       BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-                       INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    # For one query tile, add the contributions of key columns [lo, hi) to dQ.
-    for start_n in range(lo, hi, BLOCK_N):
-        start_n = tl.multiple_of(start_n, BLOCK_N)
-        cols = start_n + offs_n
-        k = _load_tile(k_ptrs + start_n * stride_kt, cols, T, MASKED)
-        v = _load_tile(v_ptrs + start_n * stride_vt, cols, T, MASKED)
-        s = _dot(q, tl.trans(k), None, INPUT_PRECISION, UPCAST) * qk_scale
-        p = tl.exp2(s - lse[:, None])
-        if MASKED:
-            visible = (cols < T)[None, :]
-            if CAUSAL:
-                visible = visible & (offs_m[:, None] >= cols[None, :])
-            p = tl.where(visible, p, 0.0)
-        dp = _dot(do, tl.trans(v), None, INPUT_PRECISION, UPCAST)
-        ds = p * (dp - delta[:, None])
-        dq = _dot(ds.to(k.dtype), k, dq, INPUT_PRECISION, UPCAST)  # dQ += dS K
-    return dq
-
-
-@triton.jit
-def _tile_and_head(T, H, BLOCK: tl.constexpr):
-    # The backward kernels' program -> (tile, batch x head) map: a 1-D grid, tiles fastest (a grid's second axis
-    # holds at most 65535 programs, and B x H can be more).
-    n_tiles = tl.cdiv(T, BLOCK)
-    off_bh = tl.program_id(0) // n_tiles
-    return tl.program_id(0) % n_tiles, off_bh, (off_bh // H).to(tl.int64), (off_bh % H).to(tl.int64)
-
-
-@triton.jit
-def _attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, qk_scale, sm_scale,
-                 stride_qb, stride_qh, stride_qt, stride_qd,
-                 stride_kb, stride_kh, stride_kt, stride_kd,
-                 stride_vb, stride_vh, stride_vt, stride_vd,
-                 stride_ob, stride_oh, stride_ot, stride_od,
-                 stride_dob, stride_doh, stride_dot, stride_dod,
-                 stride_gb, stride_gh, stride_gt, stride_gd,
-                 H, T,
-                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                 INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    # dQ for the queries [start_m, start_m + BLOCK_M); stores their delta for _attn_bwd_dkdv.
-    tl.static_assert(BLOCK_M % BLOCK_N == 0)  # diagonal of a query tile starts and ends on key-tile boundaries
-    pid, off_bh, off_b, off_h = _tile_and_head(T, H, BLOCK_M)
-    start_m = pid * BLOCK_M
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    rows_in = offs_m < T
-    q = tl.load(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd,
-                mask=rows_in[:, None], other=0.0)
-    do = tl.load(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dot
-                 + offs_d[None, :] * stride_dod, mask=rows_in[:, None], other=0.0)
-    o = tl.load(O + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od,
-                mask=rows_in[:, None], other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
-    tl.store(Delta + off_bh.to(tl.int64) * T + offs_m, delta, mask=rows_in)
-    lse = tl.load(LSE + off_bh.to(tl.int64) * T + offs_m, mask=rows_in, other=0.0)
-
-    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    offs_n = tl.arange(0, BLOCK_N)
-    k_ptrs = K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd
-    v_ptrs = V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd
-    masked_lo, masked_hi = _masked_key_range(start_m, T, BLOCK_M, BLOCK_N, CAUSAL)  # as in the forward
-    dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n, T,
-                            0, masked_lo, qk_scale, BLOCK_N, False, CAUSAL, INPUT_PRECISION, UPCAST)
-    dq = _attn_bwd_dq_inner(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kt, stride_vt, offs_m, offs_n, T,
-                            masked_lo, masked_hi, qk_scale, BLOCK_N, True, CAUSAL, INPUT_PRECISION, UPCAST)
-    g_ptrs = DQ + off_b * stride_gb + off_h * stride_gh + offs_m[:, None] * stride_gt + offs_d[None, :] * stride_gd
-    tl.store(g_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=rows_in[:, None])
-
-
-@triton.jit
 def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, Delta, qk_scale, sm_scale,
                    stride_qb, stride_qh, stride_qt, stride_qd,
                    stride_kb, stride_kh, stride_kt, stride_kd,
@@ -327,22 +336,26 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, Delta, qk_scale, sm_scale,
     # dK, dV for the keys [start_n, start_n + BLOCK_N), reading the delta _attn_bwd_dq stored.
     tl.static_assert(BLOCK_N % BLOCK_M == 0)  # diagonal of a key tile starts and ends on query-tile boundaries
     pid, off_bh, off_b, off_h = _tile_and_head(T, H, BLOCK_N)
+    Q += off_b * stride_qb + off_h * stride_qh
+    K += off_b * stride_kb + off_h * stride_kh
+    V += off_b * stride_vb + off_h * stride_vh
+    DO += off_b * stride_dob + off_h * stride_doh
+    DK += off_b * stride_gb + off_h * stride_gh
+    DV += off_b * stride_gb + off_h * stride_gh
+    LSE += off_bh * T
+    Delta += off_bh * T
+
     start_n = pid * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     keys_in = (offs_n < T)[:, None]
-    k = tl.load(K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd,
-                mask=keys_in, other=0.0)
-    v = tl.load(V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd,
-                mask=keys_in, other=0.0)
+    k = tl.load(K + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd, mask=keys_in, other=0.0)
+    v = tl.load(V + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd, mask=keys_in, other=0.0)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     offs_m = tl.arange(0, BLOCK_M)
-    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd
-    do_ptrs = (DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dot
-               + offs_d[None, :] * stride_dod)
-    LSE += off_bh.to(tl.int64) * T
-    Delta += off_bh.to(tl.int64) * T
+    q_ptrs = Q + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd
+    do_ptrs = DO + offs_m[:, None] * stride_dot + offs_d[None, :] * stride_dod
     if CAUSAL:
         # Queries above this key tile cannot see it: start at its diagonal, which straddles rows
         # [start_n, start_n + BLOCK_N) and is masked; every row below it sees the whole tile.
@@ -359,9 +372,9 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, Delta, qk_scale, sm_scale,
     dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, Delta, stride_qt, stride_dot, offs_m, offs_n,
                                   T, tl.maximum(full_lo, full_hi), T, qk_scale, BLOCK_M, True, CAUSAL,
                                   INPUT_PRECISION, UPCAST)
-    g_ptrs = off_b * stride_gb + off_h * stride_gh + offs_n[:, None] * stride_gt + offs_d[None, :] * stride_gd
-    tl.store(DV + g_ptrs, dv.to(DV.dtype.element_ty), mask=keys_in)
-    tl.store(DK + g_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=keys_in)
+    grad_offsets = offs_n[:, None] * stride_gt + offs_d[None, :] * stride_gd
+    tl.store(DV + grad_offsets, dv.to(DV.dtype.element_ty), mask=keys_in)
+    tl.store(DK + grad_offsets, (dk * sm_scale).to(DK.dtype.element_ty), mask=keys_in)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -375,8 +388,9 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, Delta, qk_scale, sm_scale,
 # BLOCK_N keys per tile.
 
 _GPU_CONFIGS = {
-    # fp16/bf16, by head dim. At D=128 dK/dV's two BLOCK_N x D fp32 accumulators crowd the registers: with 4 warps
-    # ptxas spills them (BENCHMARKS.md, fourth session), hence 8.
+    # fp16/bf16, by head dim. At D=128 dK/dV's two BLOCK_N x D fp32 accumulators crowd the registers: a 4-warp
+    # backward spilled 1008 bytes there when compiled for sm_90 (BENCHMARKS.md, the attention notes' pre-screen),
+    # hence 8 warps.
     16: {"fwd": (64, 64, 4, 3, 32), "dq": (64, 64, 4, 3), "dkdv": (32, 64, 4, 3)},
     32: {"fwd": (64, 64, 4, 3, 32), "dq": (64, 64, 4, 3), "dkdv": (32, 64, 4, 3)},
     64: {"fwd": (64, 64, 4, 3, 32), "dq": (64, 64, 4, 3), "dkdv": (32, 64, 4, 3)},
@@ -450,7 +464,7 @@ def _forward(q, k, v, causal, softmax_scale, config=None):
 def _backward(dout, q, k, v, out, lse, causal, softmax_scale, config=None, grads=None):
     """Launch the two backward kernels, dQ (which stores delta) before dK/dV (which reads it). Returns dq, dk, dv
     (B, H, T, D), each stored as (B, T, H, D) whatever q's strides (see _new_output_like), or written into `grads`,
-    three (B, H, T, D) views with one set of strides (flash_attention_qkv's slices of one gradient)."""
+    three (B, H, T, D) views (flash_attention_qkv's slices of one gradient). dk and dv must share their strides."""
     B, H, T, D = q.shape
     config = config or _config(D, q.dtype, q.device)
     dq, dk, dv = grads if grads is not None else (_new_output_like(q), _new_output_like(q), _new_output_like(q))
@@ -706,6 +720,9 @@ def attention_flops(B, H, T, D, causal=True):
 
 
 def _relative_error(x, ref):
+    """||x - ref|| / ||ref||; for tuples of tensors, the largest of the pairs'."""
+    if isinstance(x, tuple):
+        return max(_relative_error(a, b) for a, b in zip(x, ref))
     return ((x.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
@@ -730,17 +747,19 @@ def sweep(B, H, T, D, dtype=torch.bfloat16, causal=True):
     scale, flops = D ** -0.5, attention_flops(B, H, T, D, causal)
     out, lse = _forward(q, k, v, causal, scale)
     grads = _backward(dout, q, k, v, out, lse, causal, scale)
-    print(f"shape B={B} H={H} T={T} D={D} {str(dtype)[6:]} causal={causal}; default config {_config(D, dtype, q.device)}")
+    default = _config(D, dtype, q.device)
+    print(f"shape B={B} H={H} T={T} D={D} {str(dtype)[6:]} causal={causal}; default config {default}")
     for cfg in _SWEEP_FWD[D]:
         _time_config(f"fwd {cfg}", lambda: _forward(q, k, v, causal, scale, {"fwd": cfg})[0], flops, out)
-    # each backward kernel's candidates run with the other kernel's default config: the differences are the swept one's
-    default = _config(D, dtype, q.device)
-    for index, kernel in ((0, "dq"), (1, "dkdv")):  # compared with the default's dq, dk
+    # Each backward kernel's candidates run with the other kernel's default config, so the differences are the swept
+    # kernel's; its outputs are compared with the default's (dq, or dk and dv).
+    for kernel, outputs in (("dq", slice(0, 1)), ("dkdv", slice(1, 3))):
         for cfg in _SWEEP_BWD[kernel][D]:
             config = {**default, kernel: cfg}
-            _time_config(f"bwd, {kernel} {cfg}",
-                         lambda: _backward(dout, q, k, v, out, lse, causal, scale, config)[index], 2.5 * flops,
-                         grads[index])
+
+            def run():
+                return _backward(dout, q, k, v, out, lse, causal, scale, config)[outputs]
+            _time_config(f"bwd, {kernel} {cfg}", run, 2.5 * flops, grads[outputs])
 
 
 # Candidates for the sweep, by head dim: fwd (BLOCK_M, BLOCK_N, warps, stages, GROUP_HEADS); the backward's dq and

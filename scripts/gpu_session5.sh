@@ -16,6 +16,7 @@ for stage in "$@"; do
     inference_hf) timeout 420 python3 bench.py --mode=inference --json="$OUT/inference_hf.json" > "$OUT/inference_hf.log" 2>&1; tail -22 "$OUT/inference_hf.log" ;;
     suite) GPT2_BPE_PATH=.gpu_data/r50k_base.tiktoken timeout 560 python3 -m pytest tests -q > "$OUT/suite.log" 2>&1; tail -12 "$OUT/suite.log" ;;
     resuite) GPT2_BPE_PATH=$PWD/.gpu_data/r50k_base.tiktoken timeout 400 python3 -m pytest tests/test_prepare.py tests/test_bench.py tests/test_train.py tests/test_sample.py -q > "$OUT/resuite.log" 2>&1; tail -12 "$OUT/resuite.log" ;;
+    # bsplit: scripts/backward_split.py was removed in the fifteenth session (the backward is always two kernels)
     bsplit) timeout 300 python3 scripts/backward_split.py > "$OUT/bsplit.log" 2>&1; cat "$OUT/bsplit.log" ;;
     dsweep) timeout 200 python3 scripts/decode_sweep.py > "$OUT/dsweep.log" 2>&1; cat "$OUT/dsweep.log" ;;
     attention) timeout 120 python3 bench.py --mode=attention --json="$OUT/attention.json" > "$OUT/attention.log" 2>&1; tail -10 "$OUT/attention.log" ;;

@@ -30,6 +30,7 @@ for stage in "$@"; do
     inference_hf) timeout 420 python3 bench.py --mode=inference --json="$OUT/inference_hf.json" > "$OUT/inference_hf.log" 2>&1; tail -24 "$OUT/inference_hf.log" ;;
     profile) for args in "--batch=16" "--batch=1"; do echo "== $args"; timeout 200 python3 scripts/decode_profile.py --steps=50 $args > "$OUT/profile.log" 2>&1; grep -A24 "wall time per step" "$OUT/profile.log"; done ;;
     # the backward's halves chosen by two flags now: its tests, and the split script on the current launcher
+    # bsplit: scripts/backward_split.py was removed in the fifteenth session (the backward is always two kernels)
     bsplit) timeout 200 python3 scripts/backward_split.py > "$OUT/backward_split.log" 2>&1; grep -E "shape|best|failed|round" "$OUT/backward_split.log" ;;
     # the README's GPU walkthrough: tinyshakespeare at character level, the full config, then sample and eval
     walkthrough) python3 prepare.py --input=.gpu_data/input.txt --tokenizer=char --out_dir=data/tinyshakespeare_char > "$OUT/walkthrough.log" 2>&1

@@ -178,9 +178,10 @@ def test_broadcast_gradient_from_sum():
 GPU_TILE_CONFIGS = {
     "d64-tiles": fa._GPU_CONFIGS[64],
     "d128-tiles": fa._GPU_CONFIGS[128],
-    # sweep candidates (see _SWEEP_BWD) whose tile sizes differ from the defaults' in both backward kernels
-    "candidate-tiles": {"fwd": (128, 64, 4, 3, 2), "dq": (64, 32, 4, 3), "dkdv": (16, 64, 4, 3)},
-    "candidate-tiles-wide": {"fwd": (64, 64, 4, 3, 2), "dq": (128, 32, 8, 3), "dkdv": (32, 128, 8, 3)},
+    # sweep candidates (see _SWEEP_BWD) where dq's query tiles and dkdv's key tiles differ in size, so that a kernel
+    # launched over the other's grid fails
+    "candidate-tiles": {"fwd": (128, 64, 4, 3, 2), "dq": (128, 64, 8, 3), "dkdv": (32, 64, 4, 3)},
+    "candidate-tiles-wide": {"fwd": (64, 64, 4, 3, 2), "dq": (64, 16, 4, 3), "dkdv": (32, 128, 8, 3)},
     "fp32-d64-tiles": fa._GPU_FP32_CONFIGS[64],
     "fp32-d128-tiles": fa._GPU_FP32_CONFIGS[128],
 }
