@@ -36,8 +36,8 @@ backward pass needs to rebuild any probability exactly: P_ij = exp(S_ij - LSE_i)
 Causal attention skips work: a key tile entirely to the right of the query tile's diagonal is fully masked, so the
 loop never visits it (about half the FLOPs). Tiles entirely to the left need no mask at all; only the tiles that
 straddle the diagonal (and the ragged last tile when T is not a multiple of the block) pay for masking. That is
-why each loop below is split into an unmasked part and a masked part (one loop with a branch around the mask was
-2-7% slower on an H100: BENCHMARKS.md, fifteenth session).
+why each loop below is split into an unmasked part and a masked part (one loop with a branch around the mask was no
+faster anywhere and up to 7% slower on an H100: BENCHMARKS.md, fifteenth session).
 
 Backward. With dO the gradient of O and delta_i = rowsum(dO_i * O_i):
 
