@@ -58,7 +58,9 @@ Each sum lives in one program's registers, so plain stores suffice, and each ker
 it. The price is computing S and dP in both kernels (7 matrix products per tile pair instead of 5). Adding dQ from
 the dK/dV loop with atomics instead was measured on an H100, as per-element atomics and as TMA bulk reductions:
 slower at the GPT-2 shape, 2.8% faster at D=128 (BENCHMARKS.md, fourth session). Computing delta inside the dQ
-kernel replaced a preprocess kernel that read all of O and dO once more (fifteenth session).
+kernel replaced a preprocess kernel that read all of O and dO once more (fifteenth session). On Hopper the dK/dV
+kernel is launched early (programmatic dependent launch): its programs start on the SMs that the dQ kernel's last
+programs leave idle, load their keys and values, and wait for the dQ kernel before reading delta.
 
 Not here: one decoding step against a KV cache (flash_decode.py, built on the same online softmax); and, handled by
 model.py, attention dropout, cached attention of several new queries at once (T_q != T_k, T_q > 1), head dims
@@ -253,9 +255,13 @@ def _attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, qk_scale, sm_scale,
                  stride_dqb, stride_dqh, stride_dqt, stride_dqd,
                  H, T,
                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                 INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                 INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, LAUNCH_DEPENDENTS: tl.constexpr):
     # dQ for the queries [start_m, start_m + BLOCK_M), and their delta, stored for _attn_bwd_dkdv.
     tl.static_assert(BLOCK_M % BLOCK_N == 0)  # diagonal of a query tile starts and ends on key-tile boundaries
+    if LAUNCH_DEPENDENTS:
+        # Programmatic dependent launch: once every program of this grid has started, the dK/dV kernel may launch
+        # into the SMs this grid's last programs leave idle; it waits for this grid before it reads delta.
+        tl.extra.cuda.gdc_launch_dependents()
     pid, off_bh, off_b, off_h = _tile_and_head(T, H, BLOCK_M)
     Q += off_b * stride_qb + off_h * stride_qh
     K += off_b * stride_kb + off_h * stride_kh
@@ -333,7 +339,7 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, Delta, qk_scale, sm_scale,
                    stride_gb, stride_gh, stride_gt, stride_gd,  # dk, dv: allocated alike, so one set of strides
                    H, T,
                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                   INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+                   INPUT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, WAIT_FOR_DQ: tl.constexpr):
     # dK, dV for the keys [start_n, start_n + BLOCK_N), reading the delta _attn_bwd_dq stored.
     tl.static_assert(BLOCK_N % BLOCK_M == 0)  # diagonal of a key tile starts and ends on query-tile boundaries
     pid, off_bh, off_b, off_h = _tile_and_head(T, H, BLOCK_N)
@@ -352,6 +358,9 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, Delta, qk_scale, sm_scale,
     keys_in = (offs_n < T)[:, None]
     k = tl.load(K + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd, mask=keys_in, other=0.0)
     v = tl.load(V + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd, mask=keys_in, other=0.0)
+    if WAIT_FOR_DQ:
+        # Launched early (see _attn_bwd_dq): k and v were written before the dq kernel started, delta by it.
+        tl.extra.cuda.gdc_wait()
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     offs_m = tl.arange(0, BLOCK_M)
@@ -391,10 +400,11 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, Delta, qk_scale, sm_scale,
 _GPU_CONFIGS = {
     # fp16/bf16, by head dim. At D=128 dK/dV's two BLOCK_N x D fp32 accumulators crowd the registers: a 4-warp
     # backward spilled 1008 bytes there when compiled for sm_90 (BENCHMARKS.md, the attention notes' pre-screen),
-    # hence 8 warps.
-    16: {"fwd": (64, 64, 4, 3, 32), "dq": (64, 64, 4, 3), "dkdv": (32, 64, 4, 3)},
-    32: {"fwd": (64, 64, 4, 3, 32), "dq": (64, 64, 4, 3), "dkdv": (32, 64, 4, 3)},
-    64: {"fwd": (64, 64, 4, 3, 32), "dq": (64, 64, 4, 3), "dkdv": (32, 64, 4, 3)},
+    # hence 8 warps. At D <= 64, dkdv (64, 64, 4, 3) needs 254 registers, so 2 programs fit an SM against 3 for
+    # (32, 64, 4, 3), yet the bigger tiles took 7% off that kernel (0.168 against 0.179 ms, sixteenth session).
+    16: {"fwd": (64, 64, 4, 3, 32), "dq": (64, 64, 4, 3), "dkdv": (64, 64, 4, 3)},
+    32: {"fwd": (64, 64, 4, 3, 32), "dq": (64, 64, 4, 3), "dkdv": (64, 64, 4, 3)},
+    64: {"fwd": (64, 64, 4, 3, 32), "dq": (64, 64, 4, 3), "dkdv": (64, 64, 4, 3)},
     128: {"fwd": (128, 64, 8, 4, 8), "dq": (128, 64, 8, 3), "dkdv": (64, 128, 8, 2)},
 }
 # fp32 runs on the CUDA cores (input_precision="ieee", so fp32 really is fp32, not tf32). Its blocked layouts hold
@@ -410,6 +420,18 @@ _INTERPRETER_CONFIG = {"fwd": (32, 16, 4, 1, 4), "dq": (32, 16, 4, 1), "dkdv": (
 
 def _interpreting():
     return type(_attn_fwd).__name__ == "InterpretedFunction"
+
+
+# Programmatic dependent launch: on Hopper and later GPUs a kernel may start while the kernel launched before it is
+# still running, and wait for it (tl.extra.cuda.gdc_wait) only where it reads what that kernel writes. Triton has
+# the two instructions since 3.4.
+_HAS_PDL = hasattr(getattr(getattr(tl, "extra", None), "cuda", None), "gdc_wait")
+
+
+def can_launch_early(device):
+    """Whether kernels on `device` can use programmatic dependent launch."""
+    return (_HAS_PDL and device.type == "cuda" and not _interpreting()
+            and torch.cuda.get_device_capability(device)[0] >= 9)
 
 
 def _config(head_dim, dtype, device):
@@ -474,16 +496,19 @@ def _backward(dout, q, k, v, out, lse, causal, softmax_scale, config=None, grads
     delta = _new_output((B, H, T), q, torch.float32)
     input_precision, upcast = _kernel_flags(q.dtype)
     flags = dict(HEAD_DIM=D, CAUSAL=causal, INPUT_PRECISION=input_precision, UPCAST=upcast)
+    early = can_launch_early(q.device)
     block_m, block_n, num_warps, num_stages = config["dq"]
     _attn_bwd_dq[(triton.cdiv(T, block_m) * B * H,)](
         q, k, v, out, dout, dq, lse, delta, softmax_scale * LOG2_E, softmax_scale,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dq.stride(), H, T,
-        BLOCK_M=block_m, BLOCK_N=block_n, **flags, num_warps=num_warps, num_stages=num_stages)
+        BLOCK_M=block_m, BLOCK_N=block_n, **flags, LAUNCH_DEPENDENTS=early, num_warps=num_warps,
+        num_stages=num_stages)
     block_m, block_n, num_warps, num_stages = config["dkdv"]
     _attn_bwd_dkdv[(triton.cdiv(T, block_n) * B * H,)](
         q, k, v, dout, dk, dv, lse, delta, softmax_scale * LOG2_E, softmax_scale,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), H, T,
-        BLOCK_M=block_m, BLOCK_N=block_n, **flags, num_warps=num_warps, num_stages=num_stages)
+        BLOCK_M=block_m, BLOCK_N=block_n, **flags, WAIT_FOR_DQ=early, num_warps=num_warps, num_stages=num_stages,
+        **({"launch_pdl": True} if early else {}))
     return dq, dk, dv
 
 
@@ -780,8 +805,8 @@ _SWEEP_BWD = {
                 (128, 128, 8, 3)],
            128: [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (128, 128, 8, 2), (128, 32, 8, 3),
                  (64, 32, 4, 3)]},
-    "dkdv": {64: [(32, 64, 4, 3), (16, 64, 4, 3), (32, 64, 4, 4), (32, 128, 8, 3), (16, 128, 8, 3),
-                  (64, 128, 8, 3), (32, 128, 4, 3)],
+    "dkdv": {64: [(64, 64, 4, 3), (64, 64, 4, 4), (64, 64, 4, 2), (32, 64, 4, 3), (16, 64, 4, 3), (32, 64, 4, 4),
+                  (32, 128, 8, 3), (16, 128, 8, 3), (64, 128, 8, 3), (32, 128, 4, 3)],
              128: [(64, 128, 8, 2), (32, 128, 8, 2), (64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 3),
                    (32, 64, 4, 3), (16, 128, 8, 2)]},
 }

@@ -43,8 +43,6 @@ import triton.language as tl  # noqa: E402
 # pays for making its stores visible before it counts itself in, so fewer programs pay off.
 _DECODE_CONFIG = (128, 1, 4, 1)
 _DECODE_MERGE_CHUNK = 8  # partial results the merge loads at a time
-# Programmatic dependent launch (Hopper and later, Triton 3.4 and later): see flash_decode's overlap_previous.
-_HAS_GDC_WAIT = hasattr(getattr(getattr(tl, "extra", None), "cuda", None), "gdc_wait")
 
 
 @triton.jit
@@ -187,8 +185,7 @@ def _decode(q, k, v, k_cache, v_cache, position, arrivals, overlap_previous=Fals
     part_m = torch.empty((B * H, n_splits), dtype=torch.float32, device=q.device)
     part_l = torch.empty((B * H, n_splits), dtype=torch.float32, device=q.device)
     q, k, v = (x if x.stride(3) == 1 else x.contiguous() for x in (q, k, v))
-    early = (overlap_previous and _HAS_GDC_WAIT and not fa._interpreting()
-             and torch.cuda.get_device_capability(q.device)[0] >= 9)
+    early = overlap_previous and fa.can_launch_early(q.device)  # see the docstring's overlap_previous
     if k_cache.stride(3) != 1 or v_cache.stride(3) != 1:  # stores must land in the caller's tensors: no copies
         raise fa.FlashAttentionError("flash_decode: the caches' head dim must be contiguous (stride 1)")
     _decode_split[(n_splits * B * H,)](q, k, v, k_cache, v_cache, position, part_acc, part_m, part_l, arrivals, out,

@@ -218,6 +218,27 @@ def test_backward_is_deterministic():
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
+@needs_gpu
+@pytest.mark.parametrize("shape", [(1, 2, 4096, 64), (4, 12, 1000, 64), (2, 4, 777, 128)])
+def test_backward_launched_early_equals_in_order(monkeypatch, shape):
+    # On Hopper the dK/dV kernel is launched while the dQ kernel still runs (programmatic dependent launch) and
+    # waits for it before reading delta, which the autouse fixture pre-fills with NaN. Its gradients must be
+    # bitwise those of the two kernels run one after the other. (1, 2, 4096) puts the whole dQ grid in one wave,
+    # so that the dK/dV kernel starts while every dQ program runs.
+    if not fa.can_launch_early(torch.device("cuda")):
+        pytest.skip("programmatic dependent launch needs a Hopper or later GPU and Triton 3.4 or later")
+    generator, _ = fresh_generator("cuda")
+    q, k, v = random_qkv(shape, torch.bfloat16, "cuda", generator)
+    dout = torch.randn(shape, generator=generator, device="cuda").bfloat16()
+    out, lse = fa._forward(q, k, v, True, 0.2)
+    with monkeypatch.context() as patch:
+        patch.setattr(fa, "can_launch_early", lambda device: False)
+        in_order = fa._backward(dout, q, k, v, out, lse, True, 0.2)
+    for _ in range(10):
+        early = fa._backward(dout, q, k, v, out, lse, True, 0.2)
+        assert all(torch.equal(a, b) for a, b in zip(early, in_order))
+
+
 def test_no_probability_matrix_saved():
     # Autograd keeps q, k, v, out and the (B, H, T) log-sum-exp for backward: nothing with T x T elements.
     B, H, T, D = 1, 2, 64, 16
