@@ -221,10 +221,11 @@ def test_backward_is_deterministic():
 @needs_gpu
 @pytest.mark.parametrize("shape", [(1, 2, 4096, 64), (4, 12, 1000, 64), (2, 4, 777, 128)])
 def test_backward_launched_early_equals_in_order(monkeypatch, shape):
-    # On Hopper the dK/dV kernel is launched while the dQ kernel still runs (programmatic dependent launch) and
-    # waits for it before reading delta, which the autouse fixture pre-fills with NaN. Its gradients must be
-    # bitwise those of the two kernels run one after the other. (1, 2, 4096) puts the whole dQ grid in one wave,
-    # so that the dK/dV kernel starts while every dQ program runs.
+    # On Hopper the dK/dV kernel is launched while the dQ kernel still runs (programmatic dependent launch). Its
+    # gradients must be bitwise those of the two kernels run one after the other; (1, 2, 4096) puts the whole dQ
+    # grid in one wave, so that the dK/dV kernel starts while every dQ program runs. This checks the early
+    # launch, not its wait for delta: a copy without the wait passed too on an H100 (the dQ programs store delta
+    # first thing, before the dK/dV kernel starts), so only the wait makes that ordering a guarantee.
     if not fa.can_launch_early(torch.device("cuda")):
         pytest.skip("programmatic dependent launch needs a Hopper or later GPU and Triton 3.4 or later")
     generator, _ = fresh_generator("cuda")
