@@ -53,7 +53,7 @@ avoid atomics (and so be deterministic), the backward is two kernels, each ownin
   1. _attn_bwd_dq: one program per query tile holds it and loops over the key tiles, accumulating dQ. It computes
      its rows' delta first, from its tiles of O and dO, and stores it for the second kernel.
   2. _attn_bwd_dkdv: one program per key/value tile holds it and loops over the query tiles, accumulating dK, dV.
-     It needs delta for every query row it visits, which is why the dQ kernel runs first.
+     It needs delta for every query row it visits, which is why the dQ kernel is launched first.
 Each sum lives in one program's registers, so plain stores suffice, and each kernel gets the tile sizes that suit
 it. The price is computing S and dP in both kernels (7 matrix products per tile pair instead of 5). Adding dQ from
 the dK/dV loop with atomics instead was measured on an H100, as per-element atomics and as TMA bulk reductions:
@@ -359,7 +359,9 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, Delta, qk_scale, sm_scale,
     k = tl.load(K + offs_n[:, None] * stride_kt + offs_d[None, :] * stride_kd, mask=keys_in, other=0.0)
     v = tl.load(V + offs_n[:, None] * stride_vt + offs_d[None, :] * stride_vd, mask=keys_in, other=0.0)
     if WAIT_FOR_DQ:
-        # Launched early (see _attn_bwd_dq): k and v were written before the dq kernel started, delta by it.
+        # Launched early (see _attn_bwd_dq): k and v were written before the dq kernel started, delta by it. No
+        # gdc_launch_dependents here: a kernel after this one may read dq, and must not start before the dq kernel
+        # has ended, which this kernel's own end (after the wait) guarantees.
         tl.extra.cuda.gdc_wait()
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
@@ -400,8 +402,9 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, Delta, qk_scale, sm_scale,
 _GPU_CONFIGS = {
     # fp16/bf16, by head dim. At D=128 dK/dV's two BLOCK_N x D fp32 accumulators crowd the registers: a 4-warp
     # backward spilled 1008 bytes there when compiled for sm_90 (BENCHMARKS.md, the attention notes' pre-screen),
-    # hence 8 warps. At D <= 64, dkdv (64, 64, 4, 3) needs 254 registers, so 2 programs fit an SM against 3 for
-    # (32, 64, 4, 3), yet the bigger tiles took 7% off that kernel (0.168 against 0.179 ms, sixteenth session).
+    # hence 8 warps. At D=64, dkdv (64, 64, 4, 3) needs 254 registers, so 2 programs fit an SM against 3 for
+    # (32, 64, 4, 3), yet the bigger tiles took 6-7% off that kernel (0.166-0.168 against 0.178-0.180 ms, sixteenth
+    # session); D=16 and D=32 take the same tiles untimed.
     16: {"fwd": (64, 64, 4, 3, 32), "dq": (64, 64, 4, 3), "dkdv": (64, 64, 4, 3)},
     32: {"fwd": (64, 64, 4, 3, 32), "dq": (64, 64, 4, 3), "dkdv": (64, 64, 4, 3)},
     64: {"fwd": (64, 64, 4, 3, 32), "dq": (64, 64, 4, 3), "dkdv": (64, 64, 4, 3)},
@@ -422,15 +425,17 @@ def _interpreting():
     return type(_attn_fwd).__name__ == "InterpretedFunction"
 
 
-# Programmatic dependent launch: on Hopper and later GPUs a kernel may start while the kernel launched before it is
-# still running, and wait for it (tl.extra.cuda.gdc_wait) only where it reads what that kernel writes. Triton has
-# the two instructions since 3.4.
-_HAS_PDL = hasattr(getattr(getattr(tl, "extra", None), "cuda", None), "gdc_wait")
+# Programmatic dependent launch: on Hopper and later NVIDIA GPUs a kernel may start while the kernel launched before
+# it is still running (once that one's programs have all called gdc_launch_dependents, or ended), and wait for it
+# (gdc_wait) only where it reads what that kernel writes. Triton has both instructions, in tl.extra.cuda, since 3.4.
+_HAS_PDL = all(hasattr(getattr(getattr(tl, "extra", None), "cuda", None), name)
+               for name in ("gdc_wait", "gdc_launch_dependents"))
 
 
 def can_launch_early(device):
-    """Whether kernels on `device` can use programmatic dependent launch."""
-    return (_HAS_PDL and device.type == "cuda" and not _interpreting()
+    """Whether kernels on `device` can use programmatic dependent launch (not on ROCm, whose devices also say
+    "cuda" but whose Triton backend has no launch_pdl)."""
+    return (_HAS_PDL and device.type == "cuda" and torch.version.hip is None and not _interpreting()
             and torch.cuda.get_device_capability(device)[0] >= 9)
 
 
@@ -485,7 +490,8 @@ def _forward(q, k, v, causal, softmax_scale, config=None):
 
 
 def _backward(dout, q, k, v, out, lse, causal, softmax_scale, config=None, grads=None):
-    """Launch the two backward kernels, dQ (which stores delta) before dK/dV (which reads it). Returns dq, dk, dv
+    """Launch the two backward kernels, dQ (which stores delta) before dK/dV (which reads it; on Hopper it starts
+    early and waits for the dQ kernel, see can_launch_early). Returns dq, dk, dv
     (B, H, T, D), each stored as (B, T, H, D) whatever q's strides (see _new_output_like), or written into `grads`,
     three (B, H, T, D) views (flash_attention_qkv's slices of one gradient). dk and dv must share their strides."""
     B, H, T, D = q.shape
@@ -790,8 +796,9 @@ def sweep(B, H, T, D, dtype=torch.bfloat16, causal=True):
 
 # Candidates for the sweep, by head dim: fwd (BLOCK_M, BLOCK_N, warps, stages, GROUP_HEADS); the backward's dq and
 # dkdv (BLOCK_M, BLOCK_N, warps, stages).
-# Pre-screened without a GPU by compiling for sm_90 and reading registers and spills (cuobjdump -res-usage); the
-# dev machine's newer Triton allocates registers differently from the GPU's, so that screen is only rough.
+# Most were pre-screened without a GPU by compiling for sm_90 and reading registers and spills (cuobjdump
+# -res-usage; the dev machine's newer Triton allocates registers differently from the GPU's, so that screen is only
+# rough); dkdv's (64, 64, 4, *) at D=64 came from a sweep on the H100 (sixteenth session).
 _SWEEP_FWD = {
     64: [(64, 64, 4, 3, 32), (64, 64, 4, 4, 32), (128, 64, 4, 3, 32), (128, 64, 8, 3, 32), (128, 128, 8, 3, 32),
          (64, 32, 4, 3, 32), (64, 32, 4, 4, 32), (64, 64, 4, 2, 32), (64, 64, 4, 5, 32), (128, 128, 8, 2, 32),

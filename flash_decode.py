@@ -29,7 +29,7 @@ import torch
 
 # First: on a machine without CUDA, importing flash_attention switches Triton's interpreter on, which has to happen
 # before the kernels below are decorated. It also lends its shared pieces (the error type, the poisoned outputs the
-# tests ask for, the interpreter check).
+# tests ask for, the interpreter check, the check for programmatic dependent launch).
 import flash_attention as fa  # noqa: E402, I001
 
 import triton  # noqa: E402

@@ -218,16 +218,32 @@ def test_backward_is_deterministic():
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
+class _LaunchRecorder:
+    """Stands in for a @triton.jit kernel: launches it and keeps each launch's keyword arguments and compiled kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            compiled = self.kernel[grid](*args, **kwargs)
+            self.launches.append((kwargs, compiled))
+            return compiled
+        return launch
+
+
 @needs_gpu
 @pytest.mark.parametrize("shape", [(1, 2, 4096, 64), (4, 12, 1000, 64), (2, 4, 777, 128)])
 def test_backward_launched_early_equals_in_order(monkeypatch, shape):
-    # On Hopper the dK/dV kernel is launched while the dQ kernel still runs (programmatic dependent launch). Its
-    # gradients must be bitwise those of the two kernels run one after the other; (1, 2, 4096) puts the whole dQ
-    # grid in one wave, so that the dK/dV kernel starts while every dQ program runs. This checks the early
-    # launch, not its wait for delta: a copy without the wait passed too on an H100 (the dQ programs store delta
-    # first thing, before the dK/dV kernel starts), so only the wait makes that ordering a guarantee.
+    # On Hopper the dK/dV kernel is launched while the dQ kernel still runs (programmatic dependent launch), and
+    # waits for it before reading delta. The launches must ask for that and the compiled kernels hold the two
+    # instructions; the gradients must be bitwise those of the kernels run one after the other. (1, 2, 4096) puts
+    # the whole dQ grid in one wave, so the dK/dV kernel starts while every dQ program runs. A lost race would read
+    # the NaN the autouse fixture puts in delta, but a copy without the wait passed the equality part on an H100 (the
+    # dQ programs store delta within their first loads, sooner than the dK/dV programs read it): the PTX check is
+    # what catches a missing wait.
     if not fa.can_launch_early(torch.device("cuda")):
-        pytest.skip("programmatic dependent launch needs a Hopper or later GPU and Triton 3.4 or later")
+        pytest.skip("programmatic dependent launch needs a Hopper or later NVIDIA GPU and Triton 3.4 or later")
     generator, _ = fresh_generator("cuda")
     q, k, v = random_qkv(shape, torch.bfloat16, "cuda", generator)
     dout = torch.randn(shape, generator=generator, device="cuda").bfloat16()
@@ -235,9 +251,16 @@ def test_backward_launched_early_equals_in_order(monkeypatch, shape):
     with monkeypatch.context() as patch:
         patch.setattr(fa, "can_launch_early", lambda device: False)
         in_order = fa._backward(dout, q, k, v, out, lse, True, 0.2)
+    dq_kernel, dkdv_kernel = _LaunchRecorder(fa._attn_bwd_dq), _LaunchRecorder(fa._attn_bwd_dkdv)
+    monkeypatch.setattr(fa, "_attn_bwd_dq", dq_kernel)
+    monkeypatch.setattr(fa, "_attn_bwd_dkdv", dkdv_kernel)
     for _ in range(10):
         early = fa._backward(dout, q, k, v, out, lse, True, 0.2)
         assert all(torch.equal(a, b) for a, b in zip(early, in_order))
+    (dq_args, dq_compiled), (dkdv_args, dkdv_compiled) = dq_kernel.launches[-1], dkdv_kernel.launches[-1]
+    assert dq_args["LAUNCH_DEPENDENTS"] and "griddepcontrol.launch_dependents" in dq_compiled.asm["ptx"]
+    assert dkdv_args["WAIT_FOR_DQ"] and dkdv_args.get("launch_pdl") is True
+    assert "griddepcontrol.wait" in dkdv_compiled.asm["ptx"]
 
 
 def test_no_probability_matrix_saved():
